@@ -1,0 +1,291 @@
+"""The default configuration (every key, documented) and its validation.
+
+Experiment configs in configs/ and experiments/ start from `default_config()` and
+override fields; `validate()` runs before any compute and reports every problem at
+once, each with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ml_collections
+from ml_collections import config_dict
+
+from jaxprune.models.presets import ModelConfig, get_preset, model_config_from_preset, preset_names
+
+DATA_DIR_ENV = "JAXPRUNE_DATA_DIR"
+EVAL_TASKS = ("heldout", "lambada", "hellaswag", "storycloze", "nq_open", "webquestions", "triviaqa")
+DATA_SOURCES = ("books", "tinyshakespeare", "wikitext2", "files")
+SCORE_METHODS = ("magnitude", "random")
+PATTERNS = ("unstructured", "nm", "neuron", "head")
+MODEL_INITS = ("scratch", "checkpoint", "hf_gpt2", "gguf")
+
+
+class ConfigError(ValueError):
+    """Raised with one line per problem found in a config."""
+
+
+def _optimizer_fields(steps: int, lr: float, warmup: int) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.steps = steps  # optimizer steps (0 = skip this phase)
+    c.batch_size = 32  # sequences per optimizer step (global, over all devices)
+    c.grad_accum = 1  # micro-batches per step; batch_size must be divisible by it
+    c.lr = lr  # peak learning rate (AdamW)
+    c.warmup_steps = warmup  # linear warmup steps, then cosine decay to lr * min_lr_ratio
+    c.min_lr_ratio = 0.1
+    c.weight_decay = 0.1  # decoupled weight decay on kernels and embeddings (not norms/biases)
+    c.b1 = 0.9
+    c.b2 = 0.95
+    c.grad_clip = 1.0  # global-norm clipping (0 = off)
+    c.eval_every = 0  # held-out evaluation every N steps during this phase (0 = only at the end)
+    c.log_every = 10  # steps between lines in metrics.jsonl
+    return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every configuration key with its default; experiments override these."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # seeds init, data order, dropout and random pruning scores
+
+    # --- model ---------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "nano"  # architecture size, see jaxprune/models/presets.py (femto ... gpt3-175b, smollm2-135m)
+    c.model.vocab_size = config_dict.placeholder(int)  # None: the preset's; the BPE tokenizer is trained to this size
+    c.model.max_len = config_dict.placeholder(int)  # context length; None: the preset's
+    c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params and optimizer stay float32)
+    c.model.dropout = 0.0
+    c.model.remat = False  # rematerialise each block in the backward pass (saves memory on large presets)
+    c.model.attention_impl = config_dict.placeholder(str)  # None: XLA chooses; "cudnn" for flash attention on GPUs
+    c.model.init = "scratch"  # scratch (train per `pretrain`), checkpoint, hf_gpt2 or gguf
+    c.model.init_path = ""  # checkpoint dir, HF model dir/name, or .gguf file for the inits above
+
+    # --- data ----------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "books"  # books | tinyshakespeare | wikitext2 | files | tfds:NAME (e.g. tfds:lambada)
+    c.data.data_dir = ""  # offline data directory laid out like shared/data; "" -> $JAXPRUNE_DATA_DIR
+    c.data.files = ()  # for source=files: text files for training (validation: data.eval_files)
+    c.data.eval_files = ()
+    c.data.max_train_bytes = 0  # cap on training text read (0 = all), for quick runs
+    c.data.max_eval_bytes = 0  # cap on held-out text read (0 = all)
+    c.data.tokenizer = ""  # "" = train a byte-level BPE (saved in the workdir); or a tokenizer.json path
+    c.data.tokenizer_train_bytes = 20_000_000  # training text used to fit the BPE tokenizer
+    c.data.cache_dir = ""  # tokenised-array cache ("" = WORKDIR/cache)
+
+    # --- dense model: pretraining ---------------------------------------------
+    c.pretrain = _optimizer_fields(steps=1000, lr=1e-3, warmup=100)
+
+    # --- pruning -------------------------------------------------------------
+    c.pruning = ml_collections.ConfigDict()
+    c.pruning.schedule = "iterative"  # iterative (one stage per rate; one rate = one-shot) or gradual
+    c.pruning.rates = (0.1, 0.2, 0.3, 0.4, 0.5)  # cumulative sparsity after each stage; () = dense only
+    c.pruning.method = "magnitude"  # score: magnitude (|w|) or random
+    c.pruning.scope = "global"  # global (one threshold over all prunable weights) or layerwise
+    c.pruning.pattern = "unstructured"  # unstructured | nm | neuron (MLP neurons) | head (attention heads)
+    c.pruning.n = 2  # N:M pattern: keep n of every m weights along the input dimension
+    c.pruning.m = 4
+    c.pruning.include = (r".*/(attn|mlp)/[^/]+/kernel$",)  # regexes over param paths that may be pruned
+    c.pruning.exclude = ()  # regexes that are never pruned (applied after include)
+    c.pruning.gradual_every = 10  # gradual schedule: prune every N fine-tuning steps (Zhu & Gupta's dt)
+    c.pruning.gradual_end_fraction = 0.75  # gradual: reach the final rate at this fraction of finetune.steps
+
+    # --- fine-tuning after each pruning stage ---------------------------------
+    c.finetune = _optimizer_fields(steps=200, lr=3e-4, warmup=20)
+    c.finetune.control = True  # also fine-tune the dense model for the same steps on the same data
+
+    # --- evaluation ----------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.tasks = ("heldout",)  # heldout (perplexity on data's validation split), lambada, hellaswag, ...
+    c.eval.shots = 0  # k-shot prompts for the tasks (0 = zero-shot)
+    c.eval.max_examples = 0  # per task (0 = all), for quick runs
+    c.eval.batch_size = 32
+    c.eval.heldout_batches = 20  # batches of held-out text for perplexity (0 = all)
+
+    # --- device mesh (jax.jit + NamedSharding) --------------------------------
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1 takes the devices left over by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    # logical axis -> mesh axes; anything not listed is replicated.
+    c.mesh.rules = (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("qkv", "tensor"),
+        ("act_mlp", "tensor"),
+        ("act_heads", "tensor"),
+    )
+    c.mesh.distributed = False  # call jax.distributed.initialize() (multi-host TPU pods / GPU clusters)
+
+    # --- checkpoints ---------------------------------------------------------
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100  # save TrainState + data position every N steps (and at each phase's end)
+    c.checkpoint.max_to_keep = 2
+    return c
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """Resolves config.model (preset + overrides) into a ModelConfig."""
+    m = config.model
+    return model_config_from_preset(
+        m.preset, vocab_size=m.vocab_size, max_len=m.max_len, dtype=m.dtype, dropout=m.dropout,
+        remat=m.remat, attention_impl=m.attention_impl)
+
+
+def data_dir(config: ml_collections.ConfigDict) -> Path | None:
+    """The offline data directory: config.data.data_dir, else $JAXPRUNE_DATA_DIR, else None."""
+    d = config.data.data_dir or os.environ.get(DATA_DIR_ENV, "")
+    return Path(d).expanduser() if d else None
+
+
+# Files each local source or task needs, relative to the data directory.
+REQUIRED_FILES = {
+    "books": ["books/splits.json"],
+    "tinyshakespeare": ["tinyshakespeare/input.txt"],
+    "wikitext2": ["wikitext-2/valid.txt", "wikitext-2/test.txt"],
+    "lambada": ["lambada/lambada_test.jsonl"],
+    "hellaswag": ["hellaswag/hellaswag_val_full.txt.bz2"],
+    "storycloze": ["storycloze/cloze_test_val__spring2016.csv", "storycloze/cloze_test_test__spring2016.csv"],
+    "nq_open": ["nq_open/NQ-open.dev.jsonl"],
+    "webquestions": ["webquestions/main/test.json", "webquestions/main/trainmodel.json"],
+    "triviaqa": ["triviaqa/triviaqa_sm_sub.jsonl"],
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks a config before any compute; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    add = problems.append
+
+    if not isinstance(config.seed, int) or config.seed < 0:
+        add(f"seed must be a non-negative integer, got {config.seed!r}")
+
+    # model
+    try:
+        get_preset(config.model.preset)
+    except ValueError as e:
+        add(f"model.preset: {e}")
+    else:
+        mc = model_config(config)
+        if mc.d_model % mc.n_head:
+            add(f"model: d_model={mc.d_model} is not divisible by n_head={mc.n_head}")
+        if mc.vocab_size <= 0 or mc.max_len <= 0:
+            add(f"model: vocab_size and max_len must be positive (got {mc.vocab_size}, {mc.max_len})")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        add(f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
+    if not 0.0 <= config.model.dropout < 1.0:
+        add(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+    if config.model.init not in MODEL_INITS:
+        add(f"model.init must be one of {MODEL_INITS}, got {config.model.init!r}")
+    elif config.model.init != "scratch" and not config.model.init_path:
+        add(f"model.init={config.model.init!r} needs model.init_path")
+    elif config.model.init in ("checkpoint", "gguf") and not Path(config.model.init_path).exists():
+        add(f"model.init_path {config.model.init_path!r} does not exist")
+
+    # optimizer phases
+    for phase in ("pretrain", "finetune"):
+        p = config[phase]
+        for key in ("steps", "warmup_steps", "eval_every"):
+            if not isinstance(p[key], int) or p[key] < 0:
+                add(f"{phase}.{key} must be a non-negative integer, got {p[key]!r}")
+        for key in ("batch_size", "grad_accum", "log_every"):
+            if not isinstance(p[key], int) or p[key] <= 0:
+                add(f"{phase}.{key} must be a positive integer, got {p[key]!r}")
+        if isinstance(p.batch_size, int) and isinstance(p.grad_accum, int) and p.grad_accum > 0 \
+                and p.batch_size % p.grad_accum:
+            add(f"{phase}.batch_size={p.batch_size} is not divisible by grad_accum={p.grad_accum}")
+        if not p.lr > 0:
+            add(f"{phase}.lr must be positive, got {p.lr}")
+        if not 0.0 <= p.min_lr_ratio <= 1.0:
+            add(f"{phase}.min_lr_ratio must be in [0, 1], got {p.min_lr_ratio}")
+        if p.weight_decay < 0 or p.grad_clip < 0:
+            add(f"{phase}.weight_decay and grad_clip must be >= 0")
+
+    # pruning
+    pr = config.pruning
+    if pr.schedule not in ("iterative", "gradual"):
+        add(f"pruning.schedule must be 'iterative' or 'gradual', got {pr.schedule!r}")
+    rates = tuple(pr.rates)
+    for r in rates:
+        if not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
+            add(f"pruning.rates: every rate must be in [0, 1), got {r!r}")
+    if any(b < a for a, b in zip(rates, rates[1:])):
+        add(f"pruning.rates must be non-decreasing (they are cumulative), got {rates}")
+    if pr.schedule == "gradual" and len(rates) > 1:
+        add("pruning.schedule='gradual' takes one final rate in pruning.rates")
+    if pr.method not in SCORE_METHODS:
+        add(f"pruning.method must be one of {SCORE_METHODS}, got {pr.method!r}")
+    if pr.scope not in ("global", "layerwise"):
+        add(f"pruning.scope must be 'global' or 'layerwise', got {pr.scope!r}")
+    if pr.pattern not in PATTERNS:
+        add(f"pruning.pattern must be one of {PATTERNS}, got {pr.pattern!r}")
+    if pr.pattern == "nm":
+        if not (isinstance(pr.n, int) and isinstance(pr.m, int) and 0 < pr.n < pr.m):
+            add(f"pruning.n and pruning.m must satisfy 0 < n < m, got n={pr.n}, m={pr.m}")
+        elif rates and any(abs(r - (1 - pr.n / pr.m)) > 1e-9 for r in rates if r > 0):
+            add(f"pruning.rates {rates} disagree with the {pr.n}:{pr.m} pattern, whose sparsity is "
+                f"{1 - pr.n / pr.m:g}; use pruning.rates=({1 - pr.n / pr.m:g},)")
+    if pr.gradual_every <= 0 or not 0 < pr.gradual_end_fraction <= 1:
+        add("pruning.gradual_every must be > 0 and gradual_end_fraction in (0, 1]")
+    if pr.schedule == "gradual" and rates and config.finetune.steps == 0:
+        add("pruning.schedule='gradual' prunes during fine-tuning: finetune.steps must be > 0")
+    import re
+    for pat in tuple(pr.include) + tuple(pr.exclude):
+        try:
+            re.compile(pat)
+        except re.error as e:
+            add(f"pruning include/exclude pattern {pat!r} is not a valid regex: {e}")
+
+    # evaluation
+    for t in config.eval.tasks:
+        if t not in EVAL_TASKS:
+            add(f"eval.tasks: unknown task {t!r}; known tasks: {', '.join(EVAL_TASKS)}")
+    if config.eval.shots < 0 or config.eval.max_examples < 0 or config.eval.batch_size <= 0 \
+            or config.eval.heldout_batches < 0:
+        add("eval.shots, max_examples and heldout_batches must be >= 0 and batch_size > 0")
+
+    # mesh
+    sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+    if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+        add(f"mesh: axis sizes must be positive, at most one may be -1; got data/fsdp/tensor={sizes}")
+
+    if config.checkpoint.every_steps <= 0 or config.checkpoint.max_to_keep <= 0:
+        add("checkpoint.every_steps and checkpoint.max_to_keep must be positive")
+
+    # data
+    src = config.data.source
+    if src.startswith("tfds:"):
+        if len(src) <= 5:
+            add("data.source 'tfds:' needs a dataset name, e.g. tfds:lambada")
+    elif src not in DATA_SOURCES:
+        add(f"data.source must be one of {DATA_SOURCES} or tfds:NAME, got {src!r}")
+    elif src == "files":
+        if not config.data.files:
+            add("data.source='files' needs data.files")
+        for f in tuple(config.data.files) + tuple(config.data.eval_files):
+            if not Path(f).is_file():
+                add(f"data file {f!r} does not exist")
+    needed = [] if src.startswith("tfds:") or src == "files" else list(REQUIRED_FILES[src]) \
+        if src in REQUIRED_FILES else []
+    for t in config.eval.tasks:
+        needed += REQUIRED_FILES.get(t, [])
+    if needed:
+        d = data_dir(config)
+        if d is None:
+            add(f"no data directory: set data.data_dir or ${DATA_DIR_ENV} to a directory laid out like "
+                f"shared/data (needed: {', '.join(needed)})")
+        elif not d.is_dir():
+            add(f"data directory {str(d)!r} does not exist")
+        else:
+            for rel in needed:
+                if not (d / rel).is_file():
+                    add(f"missing data file {str(d / rel)!r}")
+    if config.data.tokenizer and not Path(config.data.tokenizer).is_file():
+        add(f"data.tokenizer {config.data.tokenizer!r} does not exist")
+
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

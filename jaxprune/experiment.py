@@ -1,0 +1,359 @@
+"""The paper's pipeline as stages: dense -> [prune -> fine-tune -> evaluate]* -> results.jsonl.
+
+Stages run in this order: `dense` (pretrain or load, then evaluate), then for each
+rate i of the schedule `prune_i` (prune the previous stage's model to the cumulative
+rate, fine-tune `finetune.steps`, evaluate) followed by its control `control_i` (the
+dense model fine-tuned for the same total steps on the same batches, no pruning).
+Each finished stage appends one line to WORKDIR/results.jsonl; a rerun skips
+finished stages and resumes the current one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxprune import parallel, sparsity
+from jaxprune.config import data_dir, model_config, validate
+from jaxprune.data import corpus
+from jaxprune.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from jaxprune.models import build_model, init_params, logical_axes
+from jaxprune.training.loop import Phase, append_jsonl, final_state, run_phase
+from jaxprune.training.state import TrainState, create_state
+from jaxprune.training.step import make_eval_step, make_optimizer, make_train_step
+
+RESULTS = "results.jsonl"
+
+
+# ---------------------------------------------------------------------------
+# Stage plan
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # dense | prune_i | control_i | gradual | gradual_control
+    kind: str  # dense | pruned | control
+    index: int  # 0 for dense, i for the i-th pruning stage
+    source: str | None  # stage whose final model this one starts from
+    rate: float  # cumulative target sparsity (0 for dense and controls)
+    steps: int  # fine-tuning steps in this stage
+    gradual: bool = False
+
+
+def plan(config: ml_collections.ConfigDict) -> list[Stage]:
+    """The ordered list of stages a config runs."""
+    ft = config.finetune.steps
+    rates = tuple(float(r) for r in config.pruning.rates)
+    stages = [Stage("dense", "dense", 0, None, 0.0, config.pretrain.steps if config.model.init == "scratch" else 0)]
+    control = config.finetune.control and ft > 0
+    if config.pruning.schedule == "gradual" and rates:
+        stages.append(Stage("gradual", "pruned", 1, "dense", rates[-1], ft, gradual=True))
+        if control:
+            stages.append(Stage("control_1", "control", 1, "dense", 0.0, ft))
+        return stages
+    for i, rate in enumerate(rates, start=1):
+        stages.append(Stage(f"prune_{i}", "pruned", i, "dense" if i == 1 else f"prune_{i - 1}", rate, ft))
+        if control:
+            stages.append(Stage(f"control_{i}", "control", i, "dense" if i == 1 else f"control_{i - 1}", 0.0, ft))
+    return stages
+
+
+def read_results(workdir: Path) -> list[dict]:
+    path = workdir / RESULTS
+    if not path.is_file():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n}: malformed JSON ({e.msg})") from e
+    return rows
+
+
+def config_digest(config: ml_collections.ConfigDict) -> str:
+    """Digest of everything that changes the numbers (not eval-only or cosmetic fields)."""
+    d = json.loads(config.to_json_best_effort())
+    for key in ("log_every",):
+        d["pretrain"].pop(key, None)
+        d["finetune"].pop(key, None)
+    d.pop("eval", None)
+    d.pop("checkpoint", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path):
+    """The configured tokenizer, or a byte-level BPE trained once and saved in the workdir."""
+    if config.data.tokenizer:
+        return load_tokenizer(config.data.tokenizer)
+    path = workdir / "tokenizer.json"
+    if path.is_file():
+        return load_tokenizer(path)
+    texts = corpus.load_texts(config.data.source, "train", data_dir(config), tuple(config.data.files),
+                              max_bytes=config.data.tokenizer_train_bytes)
+    tok = train_bpe(texts, model_config(config).vocab_size)
+    save_tokenizer(tok, path)
+    return tok
+
+
+def prepare_tokens(config: ml_collections.ConfigDict, workdir: Path, tok) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenised (train, validation) text, cached."""
+    cache = Path(config.data.cache_dir) if config.data.cache_dir else workdir / "cache"
+    d, src = data_dir(config), config.data.source
+    train = corpus.load_texts(src, "train", d, tuple(config.data.files), config.data.max_train_bytes)
+    if src == "files":
+        val = [corpus.read_text(Path(f)) for f in config.data.eval_files] or train[-1:]
+    else:
+        val = corpus.load_texts(src, "validation", d, max_bytes=config.data.max_eval_bytes)
+    return (corpus.tokenize(tok, train, cache, key=f"{src}/train"),
+            corpus.tokenize(tok, val, cache, key=f"{src}/validation"))
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+class Experiment:
+    """Holds the compiled functions and data of one run; `run()` executes the stage plan."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True):
+        validate(config)
+        self.config, self.workdir, self.progress = config, Path(workdir), progress
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.digest = config_digest(config)
+        self._check_workdir()
+
+        self.mesh = parallel.make_mesh(config.mesh)
+        self.rules = parallel.rules(config.mesh)
+        self.tokenizer = prepare_tokenizer(config, self.workdir)
+        mcfg = model_config(config)
+        if self.tokenizer.get_vocab_size() > mcfg.vocab_size:
+            raise ValueError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but model.vocab_size is "
+                             f"{mcfg.vocab_size}")
+        self.model_cfg = mcfg
+        self.model = build_model(mcfg)
+        self.seq_len = mcfg.max_len
+        self.train_tokens, self.val_tokens = prepare_tokens(config, self.workdir, self.tokenizer)
+
+        with self.mesh:
+            self.param_sh = parallel.param_shardings(logical_axes(self.model), self.mesh, self.rules)
+        self.batch_sh = parallel.batch_sharding(self.mesh)
+        self.eval_step = jax.jit(make_eval_step(self.model.apply), in_shardings=(self.param_sh, self.batch_sh))
+        self.heldout = [jax.device_put(b, self.batch_sh) for b in corpus.eval_batches(
+            self.val_tokens, self.seq_len, config.eval.batch_size, config.eval.heldout_batches)]
+        self._fns: dict = {}
+        self._prune_fn = None
+
+    def _check_workdir(self) -> None:
+        path = self.workdir / "config.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("digest") != self.digest:
+                raise ValueError(f"{self.workdir} holds a run with a different config (digest "
+                                 f"{saved.get('digest')} vs {self.digest}); use a new --workdir")
+        else:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"digest": self.digest, "config": json.loads(
+                self.config.to_json_best_effort())}, indent=1))
+            tmp.replace(path)
+
+    # -- compiled pieces -----------------------------------------------------
+    def _phase_cfg(self, stage: Stage) -> ml_collections.ConfigDict:
+        return self.config.pretrain if stage.kind == "dense" else self.config.finetune
+
+    def _abstract_state(self, stage: Stage, masked: bool) -> TrainState:
+        tx = make_optimizer(self._phase_cfg(stage))
+
+        def make():
+            params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._abstract_params())
+            masks = sparsity.create_masks(params, self.config.pruning.include, self.config.pruning.exclude) \
+                if masked else None
+            return create_state(params, tx, masks, 0)
+
+        abstract = jax.eval_shape(make)
+        sh = parallel.state_shardings(abstract, self.param_sh, tx, self.mesh)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
+
+    def _abstract_params(self):
+        return jax.eval_shape(lambda: init_params(self.model, jax.random.key(0))[0])
+
+    def _train_step(self, stage: Stage, abstract: TrainState):
+        key = (stage.kind == "dense", jax.tree.structure(abstract.masks, is_leaf=lambda x: x is None))
+        if key not in self._fns:
+            phase = self._phase_cfg(stage)
+            tx = make_optimizer(phase)
+            state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+            step = make_train_step(self.model.apply, tx, phase.grad_accum)
+            self._fns[key] = jax.jit(step, in_shardings=(state_sh, self.batch_sh),
+                                     out_shardings=(state_sh, parallel.replicated(self.mesh)), donate_argnums=0)
+        return self._fns[key]
+
+    def prune_masks(self, params, masks, rate, rng):
+        """New masks at cumulative `rate` (jit-compiled once; rate is traced)."""
+        if self._prune_fn is None:
+            pr = self.config.pruning
+            groups = None
+            if pr.pattern == "head":
+                groups = (sparsity.llama_head_groups if self.model_cfg.arch == "llama"
+                          else sparsity.gpt2_head_groups)(params, self.model_cfg.n_head)
+            elif pr.pattern == "neuron":
+                groups = sparsity.auto_neuron_groups(params)
+
+            def fn(params, masks, rate, rng):
+                return sparsity.prune(params, masks, rate, scores=pr.method, scope=pr.scope, pattern=pr.pattern,
+                                      n=pr.n, m=pr.m, groups=groups, rng=jax.random.wrap_key_data(rng))
+
+            self._prune_fn = jax.jit(fn)
+        return self._prune_fn(params, masks, jnp.float32(rate), rng)
+
+    # -- evaluation ----------------------------------------------------------
+    def evaluate(self, params) -> dict:
+        """Held-out loss/perplexity (always: it is the pipeline's primary metric) plus every configured task."""
+        metrics: dict[str, float] = {}
+        nll = tokens = 0.0
+        for b in self.heldout:
+            s, n = self.eval_step(params, b)
+            nll, tokens = nll + float(s), tokens + float(n)
+        metrics["heldout_loss"] = nll / tokens
+        metrics["heldout_ppl"] = float(np.exp(nll / tokens))
+        metrics["heldout_tokens"] = int(tokens)
+        tasks = [t for t in self.config.eval.tasks if t != "heldout"]
+        if tasks:
+            from jaxprune.evaluation import harness
+            metrics.update(harness.evaluate_tasks(
+                tasks, self.model, params, self.tokenizer, self.config.eval, data_dir(self.config),
+                out_dir=self.workdir))
+        return metrics
+
+    # -- stages --------------------------------------------------------------
+    def _batches(self, stage: Stage):
+        phase = self._phase_cfg(stage)
+        seed = self.config.seed if stage.kind == "dense" else self.config.seed + 1
+        batches = corpus.train_batches(self.train_tokens, self.seq_len, phase.batch_size, seed)
+        offset = 0 if stage.kind == "dense" else (stage.index - 1) * stage.steps
+        return lambda step: jax.device_put(batches[offset + step], self.batch_sh)
+
+    def _source_state(self, stage: Stage) -> TrainState:
+        src = next(s for s in plan(self.config) if s.name == stage.source)
+        abstract = self._abstract_state(src, masked=src.kind == "pruned")
+        state = final_state(self.workdir / src.name, abstract, {"digest": self.digest, "phase": src.name})
+        if state is None:
+            raise RuntimeError(f"stage {stage.name} needs the final checkpoint of {src.name}, which is missing "
+                               f"from {self.workdir / src.name}")
+        return state
+
+    def _init_dense(self) -> TrainState:
+        stage = plan(self.config)[0]
+        tx = make_optimizer(self._phase_cfg(stage))
+        abstract = self._abstract_state(stage, masked=False)
+        state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+        if self.config.model.init == "scratch":
+            def make():
+                params, _ = init_params(self.model, jax.random.key(self.config.seed))
+                return create_state(params, tx, None, self.config.seed)
+            return jax.jit(make, out_shardings=state_sh)()
+        from jaxprune.models import load_pretrained  # imported weights (HF GPT-2, GGUF, checkpoint)
+        params = load_pretrained(self.config, self.model_cfg)
+        params = jax.device_put(params, self.param_sh)
+        return create_state(params, tx, None, self.config.seed)
+
+    def _init_stage(self, stage: Stage) -> TrainState:
+        src = self._source_state(stage)
+        tx = make_optimizer(self._phase_cfg(stage))
+        abstract = self._abstract_state(stage, masked=stage.kind == "pruned")
+        state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+        masks = src.masks
+        params = src.params
+        if stage.kind == "pruned":
+            if jax.tree.leaves(masks) == []:
+                masks = sparsity.create_masks(params, self.config.pruning.include, self.config.pruning.exclude)
+            if not stage.gradual:
+                rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1000 + stage.index))
+                masks = self.prune_masks(params, masks, stage.rate, rng)
+            params = sparsity.apply_masks(params, masks)
+        seed = self.config.seed + 7919 * stage.index + (0 if stage.kind == "pruned" else 104729)
+        return jax.jit(lambda p, m: create_state(p, tx, m, seed), out_shardings=state_sh)(params, masks)
+
+    def _gradual_hook(self, stage: Stage):
+        pr = self.config.pruning
+        every = pr.gradual_every
+        n = max(1, int(stage.steps * pr.gradual_end_fraction) // every)
+
+        def hook(state: TrainState, step: int) -> TrainState:
+            if not bool(sparsity.is_pruning_step(step, begin_step=0, num_prunes=n, frequency=every)):
+                return state
+            rate = float(sparsity.gradual_rate(step, final_rate=stage.rate, begin_step=0, num_prunes=n,
+                                               frequency=every))
+            rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), step))
+            masks = self.prune_masks(state.params, state.masks, rate, rng)
+            return state.replace(masks=masks, params=sparsity.apply_masks(state.params, masks),
+                                 opt_state=sparsity.mask_optimizer_state(state.opt_state, masks))
+        return hook
+
+    def run_stage(self, stage: Stage) -> dict:
+        t0 = time.time()
+        phase_cfg = self._phase_cfg(stage)
+        abstract = self._abstract_state(stage, masked=stage.kind == "pruned")
+        init = self._init_dense if stage.kind == "dense" else (lambda: self._init_stage(stage))
+        phase = Phase(
+            name=stage.name, directory=self.workdir / stage.name, steps=stage.steps,
+            train_step=self._train_step(stage, abstract), batch_at=self._batches(stage),
+            tokens_per_step=phase_cfg.batch_size * self.seq_len, metrics_file=self.workdir / "metrics.jsonl",
+            log_every=phase_cfg.log_every, eval_every=phase_cfg.eval_every,
+            checkpoint_every=self.config.checkpoint.every_steps, max_to_keep=self.config.checkpoint.max_to_keep,
+            evaluate=self.evaluate, prune=self._gradual_hook(stage) if stage.gradual else None,
+            meta={"digest": self.digest}, progress=self.progress)
+        state = run_phase(phase, init)
+        metrics = self.evaluate(state.params)
+        return self._result_row(stage, state, metrics, time.time() - t0)
+
+    def _result_row(self, stage: Stage, state: TrainState, metrics: dict, wall: float) -> dict:
+        params = jax.device_get(state.params)
+        total = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+        nonzero = sum(int(np.count_nonzero(p)) for p in jax.tree.leaves(params))
+        masks = state.masks
+        if not jax.tree.leaves(masks):
+            masks = sparsity.create_masks(params, self.config.pruning.include, self.config.pruning.exclude)
+        layer = {k: float(v) for k, v in sparsity.sparsity_stats(masks).items()}
+        kept, prunable = sparsity.count_masks(masks)
+        return {
+            "stage": stage.name, "kind": stage.kind, "index": stage.index,
+            "target_sparsity": stage.rate, "sparsity": 1.0 - float(kept) / prunable,
+            "layer_sparsity": layer, "prunable_params": int(prunable),
+            "nonzero_params": nonzero, "total_params": total,
+            "finetune_steps": stage.steps if stage.kind != "dense" else 0,
+            "finetune_tokens": (stage.steps * self.config.finetune.batch_size * self.seq_len
+                                if stage.kind != "dense" else 0),
+            "cumulative_finetune_steps": stage.index * self.config.finetune.steps if stage.kind != "dense" else 0,
+            "pretrain_steps": self.config.pretrain.steps if self.config.model.init == "scratch" else 0,
+            "wall_time_s": round(wall, 2), "metrics": metrics,
+        }
+
+    def run(self) -> list[dict]:
+        done = {r["stage"] for r in read_results(self.workdir)}
+        for stage in plan(self.config):
+            if stage.name in done:
+                continue
+            row = self.run_stage(stage)
+            append_jsonl(self.workdir / RESULTS, row)
+            m = row["metrics"]
+            print(f"[{stage.name}] sparsity={row['sparsity']:.4f} "
+                  + " ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)), flush=True)
+        return read_results(self.workdir)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> list[dict]:
+    """Validates the config, then runs (or resumes) every stage; returns the results rows."""
+    return Experiment(config, workdir, progress).run()

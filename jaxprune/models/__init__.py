@@ -1,0 +1,7 @@
+"""Model definitions, presets and weight importers."""
+
+from jaxprune.models.presets import ModelConfig, get_preset, model_config_from_preset, param_count, preset_names
+from jaxprune.models.transformer import Transformer, build_model, init_params, logical_axes
+
+__all__ = ["ModelConfig", "Transformer", "build_model", "get_preset", "init_params", "logical_axes",
+           "model_config_from_preset", "param_count", "preset_names"]

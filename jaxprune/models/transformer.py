@@ -1,0 +1,164 @@
+"""One decoder-only Transformer: GPT-2/GPT-3 style or LLaMA style, chosen by config.
+
+GPT-2 style: learned positions, pre-LayerNorm, GELU MLP, tied embeddings; parameter
+names follow the GPT-2 checkpoint (wte, wpe, h_i/ln_1, attn/c_attn, attn/c_proj,
+mlp/c_fc, mlp/c_proj, ln_f) so that importing weights is a name copy.
+LLaMA style: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention,
+names q_proj/k_proj/v_proj/o_proj and gate_proj/up_proj/down_proj.
+
+Every parameter carries logical axis names (MaxText style); `jaxprune.parallel`
+maps them onto mesh axes. Shapes: B batch, T length, E d_model, H heads, D head dim,
+K kv heads, F d_ff, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxprune.models.presets import ModelConfig
+
+_init = nn.initializers.normal(stddev=0.02)
+
+
+def _dense(features: int, axes: tuple[str, str], name: str, cfg: ModelConfig, use_bias: bool,
+           std: float = 0.02) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+        name=name,
+    )
+
+
+def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+    if cfg.arch == "llama":
+        return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32,
+                          scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), name=name)
+    return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), name=name)
+
+
+def rotary(x: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021), HF/LLaMA "rotate half" layout. x: (B, T, N, D)."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))  # (D/2,)
+    pos = jnp.arange(x.shape[1], dtype=jnp.float32)
+    ang = pos[:, None] * inv_freq[None, :]  # (T, D/2)
+    cos = jnp.cos(jnp.concatenate([ang, ang], -1))[None, :, None, :]  # (1, T, 1, D)
+    sin = jnp.sin(jnp.concatenate([ang, ang], -1))[None, :, None, :]
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    rot = jnp.concatenate([-x2, x1], axis=-1)
+    return (x.astype(jnp.float32) * cos + rot.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        b, t, e = x.shape
+        h, d, k = cfg.n_head, cfg.head_dim, cfg.kv_heads
+        if cfg.arch == "llama":
+            q = _dense(h * d, ("embed", "heads"), "q_proj", cfg, False)(x).reshape(b, t, h, d)
+            kk = _dense(k * d, ("embed", "kv_heads"), "k_proj", cfg, False)(x).reshape(b, t, k, d)
+            v = _dense(k * d, ("embed", "kv_heads"), "v_proj", cfg, False)(x).reshape(b, t, k, d)
+            q, kk = rotary(q, cfg.rope_theta), rotary(kk, cfg.rope_theta)
+        else:
+            qkv = _dense(3 * e, ("embed", "qkv"), "c_attn", cfg, True)(x)  # (B, T, 3E)
+            q, kk, v = jnp.split(qkv.reshape(b, t, 3, h, d), 3, axis=2)  # each (B, T, 1, H, D)
+            q, kk, v = q[:, :, 0], kk[:, :, 0], v[:, :, 0]  # (B, T, H, D)
+        q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", None))
+        y = jax.nn.dot_product_attention(q, kk, v, is_causal=True, implementation=cfg.attention_impl)
+        y = y.reshape(b, t, h * d)  # (B, T, E)
+        name = "o_proj" if cfg.arch == "llama" else "c_proj"
+        # GPT-2 scales residual projections by 1/sqrt(2 n_layer) at init.
+        y = _dense(e, ("heads", "embed"), name, cfg, cfg.arch != "llama",
+                   std=0.02 / (2 * cfg.n_layer) ** 0.5)(y)
+        return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        std_out = 0.02 / (2 * cfg.n_layer) ** 0.5
+        if cfg.arch == "llama":
+            g = _dense(cfg.d_ff, ("embed", "mlp"), "gate_proj", cfg, False)(x)
+            u = _dense(cfg.d_ff, ("embed", "mlp"), "up_proj", cfg, False)(x)
+            hdn = nn.silu(g) * u  # (B, T, F)
+            hdn = nn.with_logical_constraint(hdn, ("batch", "length", "act_mlp"))
+            y = _dense(cfg.d_model, ("mlp", "embed"), "down_proj", cfg, False, std=std_out)(hdn)
+        else:
+            hdn = nn.gelu(_dense(cfg.d_ff, ("embed", "mlp"), "c_fc", cfg, True)(x), approximate=True)
+            hdn = nn.with_logical_constraint(hdn, ("batch", "length", "act_mlp"))
+            y = _dense(cfg.d_model, ("mlp", "embed"), "c_proj", cfg, True, std=std_out)(hdn)
+        return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        x = x + Attention(self.cfg, name="attn")(_norm(self.cfg, "ln_1")(x), deterministic)
+        x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x), deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM: tokens (B, T) int32 -> logits (B, T, V) float32."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        wte = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=jnp.float32,
+                       embedding_init=nn.with_logical_partitioning(_init, ("vocab", "embed")), name="wte")
+        x = wte(tokens)  # (B, T, E)
+        if cfg.arch != "llama":
+            wpe = nn.Embed(cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=jnp.float32,
+                           embedding_init=nn.with_logical_partitioning(
+                               nn.initializers.normal(stddev=0.01), ("pos", "embed")), name="wpe")
+            x = x + wpe(jnp.arange(tokens.shape[1])[None, :])
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+        for i in range(cfg.n_layer):
+            x = block(cfg, name=f"h_{i}")(x, deterministic)
+        x = _norm(cfg, "ln_f")(x)
+        if cfg.tie_embeddings:
+            logits = wte.attend(x)  # (B, T, V)
+        else:
+            logits = _dense(cfg.vocab_size, ("embed", "vocab"), "lm_head", cfg, False)(x)
+        return logits.astype(jnp.float32)
+
+
+def build_model(cfg: ModelConfig) -> Transformer:
+    return Transformer(cfg)
+
+
+def init_params(model: Transformer, rng: jax.Array) -> tuple[Any, Any]:
+    """Returns (params, logical_axes): plain float32 arrays and their logical axis names."""
+    tokens = jnp.zeros((1, min(8, model.cfg.max_len)), jnp.int32)
+    boxed = model.init(rng, tokens)["params"]
+    return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+def logical_axes(model: Transformer) -> Any:
+    """Logical axis names of every parameter, without allocating any."""
+    tokens = jax.ShapeDtypeStruct((1, min(8, model.cfg.max_len)), jnp.int32)
+    boxed = jax.eval_shape(lambda r: model.init(r, tokens), jax.ShapeDtypeStruct((2,), jnp.uint32))
+    return nn.get_partition_spec(boxed["params"])

@@ -1,0 +1,86 @@
+"""The optimizer and the pure, jit-compiled train and eval steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxprune.sparsity.masks import apply_masks
+from jaxprune.sparsity.transform import masked_update
+from jaxprune.training.state import TrainState
+
+
+def lr_schedule(phase: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup to phase.lr, then cosine decay to lr * min_lr_ratio at phase.steps."""
+    steps = max(phase.steps, 1)
+    warmup = min(phase.warmup_steps, steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else phase.lr, peak_value=phase.lr, warmup_steps=warmup,
+        decay_steps=max(steps, warmup + 1), end_value=phase.lr * phase.min_lr_ratio)
+
+
+def _decay_mask(params: Any) -> Any:
+    """Weight decay on matrices (kernels, embeddings) only, not on norms and biases."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(phase: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+    """AdamW with warmup+cosine and global-norm clipping, wrapped in the masked update."""
+    inner = optax.chain(
+        optax.clip_by_global_norm(phase.grad_clip) if phase.grad_clip > 0 else optax.identity(),
+        optax.adamw(lr_schedule(phase), b1=phase.b1, b2=phase.b2, weight_decay=phase.weight_decay,
+                    mask=_decay_mask),
+    )
+    return masked_update(inner)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token negative log-likelihood, float32. logits (B, T, V), targets (B, T)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformationExtraArgs,
+                    grad_accum: int = 1) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
+    """Returns train_step(state, batch) with batch int32 (B, T+1); pure, to be jitted."""
+
+    def loss_fn(params, tokens, rng):
+        logits = apply_fn({"params": params}, tokens[:, :-1], deterministic=False, rngs={"dropout": rng})
+        return cross_entropy(logits, tokens[:, 1:]).mean()
+
+    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if grad_accum == 1:
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+        else:
+            micro = batch.reshape(grad_accum, batch.shape[0] // grad_accum, *batch.shape[1:])
+
+            def body(carry, xs):
+                i, mb = xs
+                loss_i, g_i = jax.value_and_grad(loss_fn)(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (loss_i, g_i)), None
+
+            zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+            (loss, grads), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
+            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, masks=state.masks)
+        params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(apply_fn: Callable) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+    """Returns eval_step(params, batch) -> (summed NLL, token count); pure, to be jitted."""
+
+    def eval_step(params: Any, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = apply_fn({"params": params}, batch[:, :-1])
+        nll = cross_entropy(logits, batch[:, 1:])
+        return nll.sum(), jnp.asarray(nll.size, jnp.float32)
+
+    return eval_step
