@@ -16,7 +16,7 @@ from jaxprune.sparsity import schedules
 from jaxprune.sparsity import select as S
 from test_sparsity_masks import E, F, H, gpt2_params
 
-SETTINGS = settings(max_examples=25, deadline=None)
+SETTINGS = settings(max_examples=20, deadline=None)
 N_VALUES = 203
 
 _kth = jax.jit(S.kth_smallest)
@@ -137,13 +137,25 @@ def test_iterative_schedule_masks_are_monotone(seed, scope):
         prev = cur
 
 
-def test_prune_with_traced_rate_under_jit():
+def test_prune_with_traced_rate_or_counts_under_jit():
     params = gpt2_params(1)
     masks = M.create_masks(params)
     fn = jax.jit(lambda p, m, r: S.prune(p, m, r))
     for rate in (0.25, 0.5):
         kept, total = M.count_masks(fn(params, masks, jnp.float32(rate)))
         assert total - int(kept) == int(rate * total)
+    # float32(0.7) * 10 floors to 6; host-computed counts keep the decimal-exact 7.
+    small = {"h_0": {"mlp": {"w": {"kernel": jnp.arange(10.0).reshape(5, 2)}}}}
+    small_masks = M.create_masks(small)
+    with_counts = jax.jit(lambda p, m, c: S.prune(p, m, counts=c))
+    counts = S.prune_counts(small, small_masks, 0.7)
+    assert counts.tolist() == [7]
+    out = with_counts(small, small_masks, counts)["h_0"]["mlp"]["w"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(out).ravel(), np.arange(10) >= 7)
+    assert S.prune_counts(params, masks, 0.5, scope="layerwise").tolist() == [
+        m.size // 2 for m in jax.tree_util.tree_leaves(masks)
+    ]
+    assert S.prune_counts(params, masks, 0.5, scope="layerwise", pattern="neuron").tolist() == [F // 2] * 2
 
 
 @SETTINGS

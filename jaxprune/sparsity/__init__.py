@@ -38,6 +38,7 @@ from jaxprune.sparsity.select import (
     num_to_prune,
     order_keys,
     prune,
+    prune_counts,
     select_smallest,
 )
 from jaxprune.sparsity.transform import (
@@ -78,6 +79,7 @@ __all__ = [
     "overall_sparsity",
     "path_filter",
     "prune",
+    "prune_counts",
     "random_score",
     "select_smallest",
     "sparsity_stats",

@@ -194,6 +194,46 @@ def _structured(
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def _resolve_groups(
+    params: PyTree, pattern: str, groups: Sequence[groups_lib.GroupSpec] | None
+) -> tuple[groups_lib.GroupSpec, ...]:
+    if groups is not None:
+        return tuple(groups)
+    if pattern == "head":
+        raise ValueError("pattern='head' needs groups, e.g. gpt2_head_groups(params, n_head)")
+    return groups_lib.auto_neuron_groups(params)
+
+
+def prune_counts(
+    params: PyTree,
+    masks: PyTree,
+    rate: Any,
+    *,
+    scope: str = "global",
+    pattern: str = "unstructured",
+    groups: Sequence[groups_lib.GroupSpec] | None = None,
+) -> jax.Array:
+    """How many entries (or groups) :func:`prune` removes per selection unit.
+
+    Returns an int32 vector: one count for global scope, one per prunable leaf (or
+    per group spec) for layer-wise scope. Computing it on the host from a Python
+    float and passing it to a jitted :func:`prune` as ``counts`` keeps the count
+    decimal-exact while compiling once for all rates.
+    """
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"unknown scope {scope!r}")
+    if pattern == "unstructured":
+        sizes = [int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(masks)]
+    elif pattern in ("neuron", "head"):
+        sizes = [g.num_groups for g in _resolve_groups(params, pattern, groups)]
+    elif pattern == "nm":
+        sizes = []
+    else:
+        raise ValueError(f"unknown pattern {pattern!r}")
+    sizes = [sum(sizes)] if scope == "global" or not sizes else sizes
+    return jnp.stack([num_to_prune(rate, c) for c in sizes])
+
+
 def prune(
     params: PyTree,
     masks: PyTree,
@@ -206,6 +246,7 @@ def prune(
     m: int = 4,
     groups: Sequence[groups_lib.GroupSpec] | None = None,
     group_reduce: str = "sum",
+    counts: jax.Array | None = None,
     **score_ctx: Any,
 ) -> PyTree:
     """Computes new masks, a subset of ``masks``; jit-compatible (rate may be traced).
@@ -213,7 +254,9 @@ def prune(
     Args:
       params: parameter pytree.
       masks: current masks (see :func:`jaxprune.sparsity.masks.create_masks`).
-      rate: cumulative fraction to prune (ignored by ``pattern="nm"``).
+      rate: cumulative fraction to prune (ignored by ``pattern="nm"``). A traced
+        rate is rounded in float32 and can be off by one entry; pass ``counts``
+        from :func:`prune_counts` for exact counts under ``jit``.
       scores: a score pytree, a name in :data:`SCORES`, or a score function; names
         and functions are called as ``fn(params, masks, **score_ctx)``.
       scope: ``"global"`` (one threshold over all prunable leaves / all groups) or
@@ -224,6 +267,7 @@ def prune(
       groups: group specs for structured patterns; for ``"neuron"`` they default to
         :func:`auto_neuron_groups`. Every member leaf must have a mask.
       group_reduce: ``"sum"`` or ``"l2"`` aggregation of member scores per group.
+      counts: optional int32 counts replacing ``rate`` (see :func:`prune_counts`).
       **score_ctx: forwarded to a named or callable score (``rng``, ``grads``, ...).
 
     Returns:
@@ -233,23 +277,12 @@ def prune(
         scores = compute_scores(scores, params, masks, **score_ctx)
     elif callable(scores):
         scores = scores(params, masks, **score_ctx)
-    if scope not in ("global", "layerwise"):
-        raise ValueError(f"unknown scope {scope!r}")
+    if counts is None:
+        counts = prune_counts(params, masks, rate, scope=scope, pattern=pattern, groups=groups)
+    counts = jnp.asarray(counts, jnp.int32).reshape(-1)
     if pattern == "nm":
         return _nm(scores, masks, n, m)
-    sizes = [int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(masks)]
     if pattern == "unstructured":
-        counts = [sum(sizes)] if scope == "global" else sizes
-        ks = jnp.stack([num_to_prune(rate, c) for c in counts]) if counts else jnp.zeros(1, jnp.int32)
-        return _unstructured(scores, masks, ks, scope)
-    if pattern in ("neuron", "head"):
-        if groups is None:
-            if pattern == "head":
-                raise ValueError("pattern='head' needs groups, e.g. gpt2_head_groups(params, n_head)")
-            groups = groups_lib.auto_neuron_groups(params)
-        groups = tuple(groups)
-        counts = [g.num_groups for g in groups]
-        counts = [sum(counts)] if scope == "global" else counts
-        ks = jnp.stack([num_to_prune(rate, c) for c in counts])
-        return _structured(scores, masks, ks, groups, scope, group_reduce)
-    raise ValueError(f"unknown pattern {pattern!r}")
+        return _unstructured(scores, masks, counts, scope)
+    groups = _resolve_groups(params, pattern, groups)
+    return _structured(scores, masks, counts, groups, scope, group_reduce)
