@@ -1,0 +1,1 @@
+"""Evaluation: scoring (jit-compiled loglikelihood and greedy generation), prompts, metrics, harness."""

@@ -1,0 +1,188 @@
+"""Task evaluation: read a task, build prompts, score them, compute its metrics, write a table.
+
+    metrics = evaluate_tasks(["lambada", "hellaswag"], model, params, tokenizer, config.eval,
+                             data_dir, out_dir=workdir, tag="dense")
+
+Metrics (flat, one dict for all tasks):
+  lambada_acc   fraction of passages whose target word is reproduced token by token
+                by greedy decoding (every target token is the argmax under teacher forcing)
+  lambada_ppl   exp(total target NLL / total target tokens)
+  <mc>_acc      multiple choice (hellaswag, storycloze) by summed loglikelihood
+  <mc>_acc_norm ... by loglikelihood divided by the choice's UTF-8 byte length
+  <qa>_em       exact match of the greedy answer (up to the first newline) against any
+                alias, after metrics.normalize_answer (nq_open, webquestions, triviaqa)
+  <task>_n      examples evaluated
+Side effects (reading data files, writing OUT_DIR/eval/<tag>.{md,json}) stay in
+`evaluate_tasks`; everything it calls on scores is pure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from jaxprune.data.tasks import TaskData, load_task
+from jaxprune.evaluation import metrics as M
+from jaxprune.evaluation import prompts as P
+from jaxprune.evaluation.scoring import ApplyFn, Loglikelihood, ModuleApply, generate, loglikelihood
+
+QA_MAX_NEW_TOKENS = 24
+
+
+def _encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def prompts_for(data: TaskData, shots: int, max_examples: int = 0) -> list[str]:
+    """Prompt of each evaluated example (the first max_examples, 0 = all) with `shots` demonstrations."""
+    n = len(data.examples) if max_examples <= 0 else min(max_examples, len(data.examples))
+    out = []
+    for i in range(n):
+        picks = P.fewshot_indices(len(data.fewshot), shots, i, exclude_self=data.fewshot_is_eval)
+        out.append(P.build_prompt(data.kind, data.examples[i], [data.fewshot[j] for j in picks]))
+    return out
+
+
+def stop_token_ids(tokenizer: Tokenizer, stops: Sequence[str]) -> list[int]:
+    """Ids of every vocabulary token whose text contains a stop sequence (and the EOS token)."""
+    ids = []
+    for tok_id in range(tokenizer.get_vocab_size()):
+        text = tokenizer.decode([tok_id], skip_special_tokens=False)
+        if any(s in text for s in stops):
+            ids.append(tok_id)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    return ids + ([eos] if eos is not None else [])
+
+
+def generate_until(apply_fn: ApplyFn, params: Any, tokenizer: Tokenizer, prompts: Sequence[str], *, max_len: int,
+                   batch_size: int, stops: Sequence[str] = P.QA_STOP,
+                   max_new_tokens: int = QA_MAX_NEW_TOKENS, stop_ids: Sequence[int] | None = None) -> list[str]:
+    """Greedy text continuation of each prompt, cut before the first stop sequence."""
+    if stop_ids is None:
+        stop_ids = stop_token_ids(tokenizer, stops)
+    outs = generate(apply_fn, params, _encode(tokenizer, prompts), max_len=max_len, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, stop_ids=stop_ids)
+    return [M.cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops) for ids in outs]
+
+
+# ---------------------------------------------------------------------------
+# One function per task kind: (examples, prompts, scores) -> metrics
+# ---------------------------------------------------------------------------
+def lambada_metrics(results: Sequence[Loglikelihood]) -> dict[str, float]:
+    """acc and token-level perplexity from one Loglikelihood per passage."""
+    nll = -sum(r.logprob for r in results)
+    tokens = sum(r.num_tokens for r in results)
+    return {"acc": float(np.mean([r.is_greedy for r in results])), "ppl": math.exp(nll / tokens)}
+
+
+def multiple_choice_metrics(loglikelihoods: Sequence[Sequence[float]], choices: Sequence[Sequence[str]],
+                            labels: Sequence[int]) -> dict[str, float]:
+    """acc (summed loglikelihood) and acc_norm (per UTF-8 byte of the choice text)."""
+    acc = [M.choose(ll) == y for ll, y in zip(loglikelihoods, labels)]
+    acc_norm = [M.choose(ll, [len(c.encode("utf-8")) for c in ch]) == y
+                for ll, ch, y in zip(loglikelihoods, choices, labels)]
+    return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm))}
+
+
+def qa_metrics(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Exact match against any alias."""
+    return {"em": float(np.mean([M.exact_match(p, a) for p, a in zip(predictions, answers)]))}
+
+
+def evaluate_task(data: TaskData, apply_fn: ApplyFn, params: Any, tokenizer: Tokenizer, *, max_len: int,
+                  shots: int, max_examples: int, batch_size: int) -> dict[str, float]:
+    """Metrics of one task (un-prefixed: acc, ppl, em, ..., n)."""
+    prompts = prompts_for(data, shots, max_examples)
+    examples = data.examples[:len(prompts)]
+    if data.kind == "qa":
+        preds = generate_until(apply_fn, params, tokenizer, prompts, max_len=max_len, batch_size=batch_size)
+        out = qa_metrics(preds, [ex.answers for ex in examples])
+    else:
+        conts = [P.targets(data.kind, ex) for ex in examples]
+        ctx_ids = _encode(tokenizer, prompts)
+        flat_conts = _encode(tokenizer, [c for cs in conts for c in cs])
+        requests, k = [], 0
+        for i, cs in enumerate(conts):
+            for _ in cs:
+                requests.append((ctx_ids[i], flat_conts[k]))
+                k += 1
+        results = loglikelihood(apply_fn, params, requests, max_len=max_len, batch_size=batch_size)
+        if data.kind == "lambada":
+            out = lambada_metrics(results)
+        else:
+            lls, k = [], 0
+            for cs in conts:
+                lls.append([r.logprob for r in results[k:k + len(cs)]])
+                k += len(cs)
+            out = multiple_choice_metrics(lls, [ex.choices for ex in examples], [ex.label for ex in examples])
+    out["n"] = len(examples)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------
+COLUMNS = ("acc", "acc_norm", "ppl", "em")
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table, one row per task: task, n, shots, acc, acc_norm, ppl, em, seconds."""
+    head = "| task | n | shots | " + " | ".join(COLUMNS) + " | seconds |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
+    for r in rows:
+        cells = [f"{r[c]:.4f}" if c in r else "" for c in COLUMNS]
+        lines.append(f"| {r['task']} | {r['n']} | {r['shots']} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def evaluate_tasks(tasks: Sequence[str], model: Any, params: Any, tokenizer: Tokenizer, eval_cfg: Any,
+                   data_dir: str | Path | None, out_dir: str | Path | None = None, tag: str = "tasks",
+                   apply_fn: ApplyFn | None = None) -> dict[str, float]:
+    """Evaluates `tasks` and returns flat metrics (`lambada_acc`, `hellaswag_acc_norm`, `nq_open_em`, `<task>_n`...).
+
+    Args:
+      tasks: task names (see jaxprune.data.tasks.READERS); "heldout" is skipped.
+      model: the Flax Transformer (its cfg.max_len is the context length).
+      params: its parameters (dense or already masked).
+      tokenizer: the tokenizers.Tokenizer the model was trained with.
+      eval_cfg: config.eval (shots, max_examples, batch_size).
+      data_dir: offline data directory laid out like shared/data; None reads TFDS.
+      out_dir: if set, writes OUT_DIR/eval/<tag>.md and <tag>.json.
+      tag: file name of the written tables (e.g. the stage name).
+      apply_fn: overrides `model.apply` (e.g. to apply masks inside the forward pass).
+    """
+    apply_fn = apply_fn or ModuleApply(model)
+    max_len = int(model.cfg.max_len)
+    flat: dict[str, float] = {}
+    rows = []
+    for name in tasks:
+        if name == "heldout":
+            continue
+        t0 = time.time()
+        data = load_task(name, data_dir)
+        m = evaluate_task(data, apply_fn, params, tokenizer, max_len=max_len, shots=int(eval_cfg.shots),
+                          max_examples=int(eval_cfg.max_examples), batch_size=int(eval_cfg.batch_size))
+        rows.append(dict(m, task=name, shots=int(eval_cfg.shots), seconds=time.time() - t0, source=data.source))
+        flat.update({f"{name}_{k}": v for k, v in m.items()})
+    if out_dir is not None and rows:
+        out = Path(out_dir) / "eval"
+        _write_atomic(out / f"{tag}.md", format_table(rows))
+        _write_atomic(out / f"{tag}.json", json.dumps(
+            {"tag": tag, "max_len": max_len, "max_examples": int(eval_cfg.max_examples),
+             "batch_size": int(eval_cfg.batch_size), "tasks": rows, "metrics": flat}, indent=1))
+    return flat
