@@ -147,14 +147,14 @@ class Experiment:
         self.seq_len = mcfg.max_len
         self.train_tokens, self.val_tokens = prepare_tokens(config, self.workdir, self.tokenizer)
 
-        with self.mesh:
-            self.param_sh = parallel.param_shardings(logical_axes(self.model), self.mesh, self.rules)
+        self.param_sh = parallel.param_shardings(logical_axes(self.model), self.mesh, self.rules)
         self.batch_sh = parallel.batch_sharding(self.mesh)
         self.eval_step = jax.jit(make_eval_step(self.model.apply), in_shardings=(self.param_sh, self.batch_sh))
         self.heldout = [jax.device_put(b, self.batch_sh) for b in corpus.eval_batches(
             self.val_tokens, self.seq_len, config.eval.batch_size, config.eval.heldout_batches)]
         self._fns: dict = {}
         self._prune_fn = None
+        self._groups = None
 
     def _check_workdir(self) -> None:
         path = self.workdir / "config.json"
@@ -200,26 +200,30 @@ class Experiment:
                                      out_shardings=(state_sh, parallel.replicated(self.mesh)), donate_argnums=0)
         return self._fns[key]
 
-    def prune_masks(self, params, masks, rate, rng):
-        """New masks at cumulative `rate` (jit-compiled once; rate is traced)."""
-        if self._prune_fn is None:
-            pr = self.config.pruning
-            groups = None
+    def prune_masks(self, params, masks, rate: float, rng):
+        """New masks at cumulative `rate`: counts are exact on the host, the selection is jitted once."""
+        pr = self.config.pruning
+        if self._groups is None:
+            self._groups = ()
             if pr.pattern == "head":
-                groups = (sparsity.llama_head_groups if self.model_cfg.arch == "llama"
-                          else sparsity.gpt2_head_groups)(params, self.model_cfg.n_head)
+                self._groups = (sparsity.llama_head_groups if self.model_cfg.arch == "llama"
+                                else sparsity.gpt2_head_groups)(params, self.model_cfg.n_head)
             elif pr.pattern == "neuron":
-                groups = sparsity.auto_neuron_groups(params)
-
-            def fn(params, masks, rate, rng):
-                return sparsity.prune(params, masks, rate, scores=pr.method, scope=pr.scope, pattern=pr.pattern,
-                                      n=pr.n, m=pr.m, groups=groups, rng=jax.random.wrap_key_data(rng))
+                self._groups = sparsity.auto_neuron_groups(params)
+        groups = self._groups or None
+        if self._prune_fn is None:
+            def fn(params, masks, counts, rng):
+                return sparsity.prune(params, masks, scores=pr.method, scope=pr.scope, pattern=pr.pattern,
+                                      n=pr.n, m=pr.m, groups=groups, counts=counts,
+                                      rng=jax.random.wrap_key_data(rng))
 
             self._prune_fn = jax.jit(fn)
-        return self._prune_fn(params, masks, jnp.float32(rate), rng)
+        counts = sparsity.prune_counts(params, masks, float(rate), scope=pr.scope, pattern=pr.pattern,
+                                       groups=groups)
+        return self._prune_fn(params, masks, counts, rng)
 
     # -- evaluation ----------------------------------------------------------
-    def evaluate(self, params) -> dict:
+    def evaluate(self, params, tag: str = "tasks") -> dict:
         """Held-out loss/perplexity (always: it is the pipeline's primary metric) plus every configured task."""
         metrics: dict[str, float] = {}
         nll = tokens = 0.0
@@ -234,7 +238,7 @@ class Experiment:
             from jaxprune.evaluation import harness
             metrics.update(harness.evaluate_tasks(
                 tasks, self.model, params, self.tokenizer, self.config.eval, data_dir(self.config),
-                out_dir=self.workdir))
+                out_dir=self.workdir, tag=tag))
         return metrics
 
     # -- stages --------------------------------------------------------------
@@ -316,7 +320,7 @@ class Experiment:
             evaluate=self.evaluate, prune=self._gradual_hook(stage) if stage.gradual else None,
             meta={"digest": self.digest}, progress=self.progress)
         state = run_phase(phase, init)
-        metrics = self.evaluate(state.params)
+        metrics = self.evaluate(state.params, tag=stage.name)
         return self._result_row(stage, state, metrics, time.time() - t0)
 
     def _result_row(self, stage: Stage, state: TrainState, metrics: dict, wall: float) -> dict:
@@ -341,12 +345,23 @@ class Experiment:
             "wall_time_s": round(wall, 2), "metrics": metrics,
         }
 
+    def unigram_ppl(self) -> float:
+        """Perplexity of the add-one unigram model of the training tokens on the held-out windows: the
+        floor a language model must beat to have learnt anything beyond token frequencies."""
+        v = self.tokenizer.get_vocab_size()
+        counts = np.bincount(self.train_tokens, minlength=v).astype(np.float64) + 1.0
+        logp = np.log(counts / counts.sum())
+        targets = np.concatenate([np.asarray(b)[:, 1:].ravel() for b in self.heldout])
+        return float(np.exp(-logp[targets].mean()))
+
     def run(self) -> list[dict]:
         done = {r["stage"] for r in read_results(self.workdir)}
         for stage in plan(self.config):
             if stage.name in done:
                 continue
             row = self.run_stage(stage)
+            if stage.kind == "dense":
+                row["metrics"]["unigram_ppl"] = self.unigram_ppl()
             append_jsonl(self.workdir / RESULTS, row)
             m = row["metrics"]
             print(f"[{stage.name}] sparsity={row['sparsity']:.4f} "

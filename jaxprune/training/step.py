@@ -69,7 +69,7 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformationExtraArg
             loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params, masks=state.masks)
         params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
