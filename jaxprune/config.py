@@ -78,7 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- pruning -------------------------------------------------------------
     c.pruning = ml_collections.ConfigDict()
-    c.pruning.schedule = "iterative"  # iterative (one stage per rate; one rate = one-shot) or gradual
+    # iterative: one prune -> fine-tune stage per cumulative rate (one rate = one-shot);
+    # sweep: each rate pruned one-shot from the dense model; gradual: Zhu & Gupta cubic during fine-tuning
+    c.pruning.schedule = "iterative"
     c.pruning.rates = (0.1, 0.2, 0.3, 0.4, 0.5)  # cumulative sparsity after each stage; () = dense only
     c.pruning.method = "magnitude"  # score: magnitude (|w|) or random
     c.pruning.scope = "global"  # global (one threshold over all prunable weights) or layerwise
@@ -207,8 +209,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     # pruning
     pr = config.pruning
-    if pr.schedule not in ("iterative", "gradual"):
-        add(f"pruning.schedule must be 'iterative' or 'gradual', got {pr.schedule!r}")
+    if pr.schedule not in ("iterative", "sweep", "gradual"):
+        add(f"pruning.schedule must be 'iterative', 'sweep' or 'gradual', got {pr.schedule!r}")
     rates = tuple(pr.rates)
     for r in rates:
         if not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:

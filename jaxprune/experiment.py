@@ -4,6 +4,8 @@ Stages run in this order: `dense` (pretrain or load, then evaluate), then for ea
 rate i of the schedule `prune_i` (prune the previous stage's model to the cumulative
 rate, fine-tune `finetune.steps`, evaluate) followed by its control `control_i` (the
 dense model fine-tuned for the same total steps on the same batches, no pruning).
+Schedule "sweep" prunes the dense model to each rate independently (one-shot each,
+one shared control); "gradual" prunes inside one fine-tuning phase (Zhu & Gupta).
 Each finished stage appends one line to WORKDIR/results.jsonl; a rerun skips
 finished stages and resumes the current one from its last checkpoint.
 """
@@ -26,6 +28,7 @@ from jaxprune import parallel, sparsity
 from jaxprune.config import data_dir, model_config, validate
 from jaxprune.data import corpus
 from jaxprune.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from jaxprune.evaluation.scoring import ModuleApply
 from jaxprune.models import build_model, init_params, logical_axes
 from jaxprune.training.loop import Phase, append_jsonl, final_state, run_phase
 from jaxprune.training.state import TrainState, create_state
@@ -59,9 +62,11 @@ def plan(config: ml_collections.ConfigDict) -> list[Stage]:
         if control:
             stages.append(Stage("control_1", "control", 1, "dense", 0.0, ft))
         return stages
+    sweep = config.pruning.schedule == "sweep"
     for i, rate in enumerate(rates, start=1):
-        stages.append(Stage(f"prune_{i}", "pruned", i, "dense" if i == 1 else f"prune_{i - 1}", rate, ft))
-        if control:
+        source = "dense" if i == 1 or sweep else f"prune_{i - 1}"
+        stages.append(Stage(f"prune_{i}", "pruned", 1 if sweep else i, source, rate, ft))
+        if control and (i == 1 or not sweep):
             stages.append(Stage(f"control_{i}", "control", i, "dense" if i == 1 else f"control_{i - 1}", 0.0, ft))
     return stages
 
@@ -149,8 +154,15 @@ class Experiment:
 
         self.param_sh = parallel.param_shardings(logical_axes(self.model), self.mesh, self.rules)
         self.batch_sh = parallel.batch_sharding(self.mesh)
-        self.eval_step = jax.jit(make_eval_step(self.model.apply), in_shardings=(self.param_sh, self.batch_sh))
-        self.heldout = [jax.device_put(b, self.batch_sh) for b in corpus.eval_batches(
+        shards = parallel.batch_shards(self.batch_sh)
+        for name, bs in (("pretrain", config.pretrain.batch_size), ("finetune", config.finetune.batch_size),
+                         ("eval", config.eval.batch_size)):
+            if bs % shards:
+                raise ValueError(f"{name}.batch_size {bs} must be a multiple of the mesh's data x fsdp = {shards}")
+        self.eval_step = jax.jit(make_eval_step(self.model.apply), in_shardings=(self.param_sh, self.batch_sh),
+                                 out_shardings=parallel.replicated(self.mesh))
+        self.heldout = [parallel.global_batch(b, self.batch_sh if len(b) % shards == 0 else
+                                              parallel.replicated(self.mesh)) for b in corpus.eval_batches(
             self.val_tokens, self.seq_len, config.eval.batch_size, config.eval.heldout_batches)]
         self._fns: dict = {}
         self._prune_fn = None
@@ -217,7 +229,9 @@ class Experiment:
                                       n=pr.n, m=pr.m, groups=groups, counts=counts,
                                       rng=jax.random.wrap_key_data(rng))
 
-            self._prune_fn = jax.jit(fn)
+            mask_sh = parallel.mask_shardings(masks, self.param_sh)
+            rep = parallel.replicated(self.mesh)
+            self._prune_fn = jax.jit(fn, in_shardings=(self.param_sh, mask_sh, rep, rep), out_shardings=mask_sh)
         counts = sparsity.prune_counts(params, masks, float(rate), scope=pr.scope, pattern=pr.pattern,
                                        groups=groups)
         return self._prune_fn(params, masks, counts, rng)
@@ -238,7 +252,8 @@ class Experiment:
             from jaxprune.evaluation import harness
             metrics.update(harness.evaluate_tasks(
                 tasks, self.model, params, self.tokenizer, self.config.eval, data_dir(self.config),
-                out_dir=self.workdir, tag=tag))
+                out_dir=self.workdir if parallel.is_primary() else None, tag=tag,
+                apply_fn=ModuleApply(self.model, self.batch_sh)))
         return metrics
 
     # -- stages --------------------------------------------------------------
@@ -247,7 +262,7 @@ class Experiment:
         seed = self.config.seed if stage.kind == "dense" else self.config.seed + 1
         batches = corpus.train_batches(self.train_tokens, self.seq_len, phase.batch_size, seed)
         offset = 0 if stage.kind == "dense" else (stage.index - 1) * stage.steps
-        return lambda step: jax.device_put(batches[offset + step], self.batch_sh)
+        return lambda step: parallel.global_batch(batches[offset + step], self.batch_sh)
 
     def _source_state(self, stage: Stage) -> TrainState:
         src = next(s for s in plan(self.config) if s.name == stage.source)
@@ -268,10 +283,23 @@ class Experiment:
                 params, _ = init_params(self.model, jax.random.key(self.config.seed))
                 return create_state(params, tx, None, self.config.seed)
             return jax.jit(make, out_shardings=state_sh)()
-        from jaxprune.models import load_pretrained  # imported weights (HF GPT-2, GGUF, checkpoint)
-        params = load_pretrained(self.config, self.model_cfg)
+        if self.config.model.init == "checkpoint":
+            params = self._params_from_run(Path(self.config.model.init_path), abstract)
+        else:
+            from jaxprune.models import load_pretrained  # imported weights (HF GPT-2 safetensors, GGUF)
+            params = load_pretrained(self.config, self.model_cfg)
         params = jax.device_put(params, self.param_sh)
         return create_state(params, tx, None, self.config.seed)
+
+    def _params_from_run(self, stage_dir: Path, abstract: TrainState):
+        """Params of the final checkpoint of a dense stage of another run (e.g. runs/gpt_lambada/dense)."""
+        if not (stage_dir / "checkpoints").is_dir():
+            raise FileNotFoundError(f"model.init_path {str(stage_dir)!r} is not a stage directory of a jaxprune run "
+                                    f"(expected {stage_dir / 'checkpoints'})")
+        state = final_state(stage_dir, abstract)
+        if state is None:
+            raise FileNotFoundError(f"{stage_dir / 'checkpoints'} holds no finished checkpoint")
+        return state.params
 
     def _init_stage(self, stage: Stage) -> TrainState:
         src = self._source_state(stage)
@@ -282,7 +310,9 @@ class Experiment:
         params = src.params
         if stage.kind == "pruned":
             if jax.tree.leaves(masks) == []:
-                masks = sparsity.create_masks(params, self.config.pruning.include, self.config.pruning.exclude)
+                pr = self.config.pruning
+                masks = jax.jit(lambda p: sparsity.create_masks(p, pr.include, pr.exclude),
+                                out_shardings=jax.tree.map(lambda a: a.sharding, abstract.masks))(params)
             if not stage.gradual:
                 rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1000 + stage.index))
                 masks = self.prune_masks(params, masks, stage.rate, rng)
@@ -324,9 +354,9 @@ class Experiment:
         return self._result_row(stage, state, metrics, time.time() - t0)
 
     def _result_row(self, stage: Stage, state: TrainState, metrics: dict, wall: float) -> dict:
-        params = jax.device_get(state.params)
+        params = state.params  # counted on device: they may be sharded over hosts
         total = sum(int(np.size(p)) for p in jax.tree.leaves(params))
-        nonzero = sum(int(np.count_nonzero(p)) for p in jax.tree.leaves(params))
+        nonzero = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(params))
         masks = state.masks
         if not jax.tree.leaves(masks):
             masks = sparsity.create_masks(params, self.config.pruning.include, self.config.pruning.exclude)
@@ -362,7 +392,8 @@ class Experiment:
             row = self.run_stage(stage)
             if stage.kind == "dense":
                 row["metrics"]["unigram_ppl"] = self.unigram_ppl()
-            append_jsonl(self.workdir / RESULTS, row)
+            if parallel.is_primary():
+                append_jsonl(self.workdir / RESULTS, row)
             m = row["metrics"]
             print(f"[{stage.name}] sparsity={row['sparsity']:.4f} "
                   + " ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)), flush=True)

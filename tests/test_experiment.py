@@ -1,0 +1,119 @@
+"""The pipeline: stage plans, results.jsonl fields, exact sparsities, controls, resume, report."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from jaxprune import experiment, report
+from jaxprune.sparsity.masks import leaves_with_paths
+
+
+def test_plan_iterative_interleaves_controls(make_config):
+    stages = experiment.plan(make_config(**{"pruning.rates": (0.1, 0.2, 0.3)}))
+    assert [(s.name, s.source, s.rate) for s in stages] == [
+        ("dense", None, 0.0), ("prune_1", "dense", 0.1), ("control_1", "dense", 0.0),
+        ("prune_2", "prune_1", 0.2), ("control_2", "control_1", 0.0),
+        ("prune_3", "prune_2", 0.3), ("control_3", "control_2", 0.0)]
+
+
+def test_plan_without_finetuning_has_no_controls(make_config):
+    stages = experiment.plan(make_config(**{"finetune.steps": 0}))
+    assert [s.name for s in stages] == ["dense", "prune_1", "prune_2"]
+
+
+def test_plan_sweep_prunes_dense_each_time(make_config):
+    stages = experiment.plan(make_config(**{"pruning.schedule": "sweep", "pruning.rates": (0.2, 0.5, 0.8)}))
+    assert [(s.name, s.source, s.index) for s in stages] == [
+        ("dense", None, 0), ("prune_1", "dense", 1), ("control_1", "dense", 1), ("prune_2", "dense", 1),
+        ("prune_3", "dense", 1)]
+
+
+def test_plan_gradual_is_one_stage(make_config):
+    stages = experiment.plan(make_config(**{"pruning.schedule": "gradual", "pruning.rates": (0.5,)}))
+    assert [(s.name, s.gradual) for s in stages] == [("dense", False), ("gradual", True), ("control_1", False)]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir, shared_tokenizer, token_cache):
+    from conftest import tiny_config
+
+    config = tiny_config(data_dir, shared_tokenizer, token_cache)
+    workdir = tmp_path_factory.mktemp("run")
+    rows = experiment.run(config, workdir, progress=False)
+    return config, workdir, rows
+
+
+def test_results_rows_have_every_field_and_exact_sparsity(finished_run):
+    config, workdir, rows = finished_run
+    assert [r["stage"] for r in rows] == ["dense", "prune_1", "control_1", "prune_2", "control_2"]
+    prunable = rows[0]["prunable_params"]
+    assert prunable == 2 * (64 * 192 + 64 * 64 + 64 * 256 + 256 * 64)  # femto: attention + MLP kernels
+    for r in rows:
+        for key in ("stage", "target_sparsity", "sparsity", "layer_sparsity", "nonzero_params", "finetune_steps",
+                    "finetune_tokens", "wall_time_s", "metrics"):
+            assert key in r, key
+        assert math.isfinite(r["metrics"]["heldout_ppl"])
+        expected_zeros = math.floor(r["target_sparsity"] * prunable)
+        assert r["sparsity"] == pytest.approx(expected_zeros / prunable, abs=1e-12)
+        assert r["nonzero_params"] == r["total_params"] - expected_zeros
+    assert rows[1]["finetune_steps"] == 10 and rows[1]["finetune_tokens"] == 10 * 8 * 64
+    assert rows[3]["cumulative_finetune_steps"] == rows[4]["cumulative_finetune_steps"] == 20
+    # global magnitude: layers end up at different sparsities, averaging to the target
+    layer = rows[3]["layer_sparsity"]
+    assert len(set(round(v, 6) for v in layer.values())) > 1
+
+
+def test_pruned_masks_are_nested_and_weights_exactly_zero(finished_run):
+    config, workdir, _ = finished_run
+    exp = experiment.Experiment(config, workdir, progress=False)
+    states = {}
+    for stage in experiment.plan(config)[1:]:
+        abstract = exp._abstract_state(stage, masked=stage.kind == "pruned")
+        states[stage.name] = jax.device_get(experiment.final_state(workdir / stage.name, abstract))
+    m1, m2 = states["prune_1"].masks, states["prune_2"].masks
+    for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2)):
+        assert not np.any(b & ~a)  # prune_2 only removes more
+    flat_p = leaves_with_paths(states["prune_2"].params)
+    flat_m = dict(leaves_with_paths(m2))
+    for path, p in flat_p:
+        if path in flat_m:
+            assert np.all(p[~flat_m[path]] == 0.0)
+    assert all(m is None for m in jax.tree.leaves(states["control_2"].masks, is_leaf=lambda x: x is None))
+
+
+def test_rerun_of_a_finished_run_changes_nothing(finished_run):
+    config, workdir, rows = finished_run
+    before = (workdir / "results.jsonl").read_text()
+    assert experiment.run(config, workdir, progress=False) == rows
+    assert (workdir / "results.jsonl").read_text() == before
+
+
+def test_changed_config_refuses_the_workdir(finished_run):
+    config, workdir, _ = finished_run
+    other = config.copy_and_resolve_references()
+    other.finetune.lr = 1.0
+    with pytest.raises(ValueError, match="holds a run with a different config"):
+        experiment.Experiment(other, workdir, progress=False)
+
+
+def test_report_renders_from_fixture(tmp_path):
+    def row(stage, kind, sp, steps, ppl, acc):
+        return {"stage": stage, "kind": kind, "target_sparsity": sp, "sparsity": sp,
+                "layer_sparsity": {"h_0/attn/c_attn/kernel": sp, "h_0/mlp/c_fc/kernel": sp},
+                "nonzero_params": int(1000 * (1 - sp)), "total_params": 1000, "cumulative_finetune_steps": steps,
+                "metrics": {"heldout_ppl": ppl, "lambada_acc": acc, "lambada_n": 100}}
+
+    rows = [row("dense", "dense", 0.0, 0, 40.0, 0.2), row("prune_1", "pruned", 0.5, 10, 45.0, 0.15),
+            row("control_1", "control", 0.0, 10, 38.0, 0.22)]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    path = report.report([tmp_path / "run"], tmp_path / "out")
+    text = path.read_text()
+    assert "| run | prune_1 | 0.5000 | 500 | 10 | 45 | +5 | +7 | 0.15 | -0.05 | -0.07 |" in text
+    for png in ("heldout_ppl_vs_sparsity.png", "lambada_acc_vs_sparsity.png", "layer_sparsity.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000
+    csv_lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("run,stage,kind,target_sparsity,sparsity")
