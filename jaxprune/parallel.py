@@ -61,3 +61,81 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+# ---------------------------------------------------------------------------
+# Multi-host
+# ---------------------------------------------------------------------------
+def initialize(mesh_cfg: ml_collections.ConfigDict) -> None:
+    """Starts JAX's multi-process runtime when `mesh.distributed` is set; call before touching devices.
+
+    On TPU pods and SLURM/Open MPI GPU clusters jax.distributed.initialize() finds the
+    coordinator, process count and process id by itself.
+    """
+    if mesh_cfg.distributed:
+        jax.distributed.initialize()
+
+
+def is_primary() -> bool:
+    """True on the one process (index 0) that writes results, metrics and tables."""
+    return jax.process_index() == 0
+
+
+def global_batch(batch: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global array from the global batch every process computes identically.
+
+    Each process copies only the rows (and columns) of its addressable shards, so the
+    same code runs on one device, on N local devices and on every host of a pod.
+    """
+    batch = np.asarray(batch)
+    return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+
+
+def fetch(tree: Any) -> Any:
+    """Host numpy copies of (possibly sharded, multi-host) arrays, the same on every process."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+    return jax.tree.map(one, tree)
+
+
+def batch_shards(sharding: jax.sharding.Sharding) -> int:
+    """How many ways `sharding` splits the leading (batch) dimension."""
+    if isinstance(sharding, NamedSharding) and len(sharding.spec) > 0 and sharding.spec[0] is not None:
+        names = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+        return int(np.prod([sharding.mesh.shape[n] for n in names]))
+    return 1
+
+
+# ---------------------------------------------------------------------------
+# Masks and pruning
+# ---------------------------------------------------------------------------
+def mask_shardings(masks: Any, param_sh: Any) -> Any:
+    """Shardings of a mask tree: each mask like its parameter, None where a leaf has no mask."""
+    return jax.tree.map(lambda m, sh: None if m is None else sh, masks, param_sh, is_leaf=lambda x: x is None)
+
+
+def full_gathers(hlo_text: str, shapes: list[tuple[int, ...]]) -> list[str]:
+    """The all-gather instructions of compiled HLO whose result has one of `shapes` (full tensors).
+
+    Used to check that a step never materialises a whole sharded parameter on a device.
+    A 1-D result with the element count of a multi-dimensional shape counts too (a full
+    tensor gathered in flattened form).
+    """
+    import re
+
+    wanted = {tuple(int(d) for d in s) for s in shapes}
+    sizes = {int(np.prod(s)) for s in wanted if len(s) > 1}
+    found = []
+    for line in hlo_text.splitlines():
+        if "all-gather(" not in line and "all-gather-start(" not in line:
+            continue
+        lhs = line.split(" all-gather", 1)[0]
+        for dims in re.findall(r"[a-z]+[0-9]*\[([0-9,]*)\]", lhs):
+            shape = tuple(int(d) for d in dims.split(",") if d)
+            if shape in wanted or (len(shape) == 1 and shape[0] in sizes):
+                found.append(line.strip())
+                break
+    return found

@@ -5,7 +5,9 @@ causal LM, so dense, masked or sharded parameters all go through the same code.
 Rows are right-padded (a causal model's earlier positions never see the padding)
 into a few length buckets and a fixed batch size, so the number of compilations is
 the number of buckets used, not the number of distinct lengths. The batch is the
-leading dimension of every array; nothing here assumes a host or device layout.
+leading dimension of every array; nothing here assumes a host or device layout:
+pass `batch_sharding` (e.g. `jaxprune.parallel.batch_sharding(mesh)`) to split each
+batch over devices (and hosts), or leave it None on one device.
 """
 
 from __future__ import annotations
@@ -27,9 +29,38 @@ class ModuleApply:
     """`apply_fn` for a Flax module: hashable, so its compiled scoring functions are reused."""
 
     module: Any
+    batch_sharding: Any = None  # optional: constrain the tokens (B, T) to this sharding inside jit
 
     def __call__(self, params: Any, tokens: jax.Array) -> jax.Array:
+        if self.batch_sharding is not None:
+            tokens = jax.lax.with_sharding_constraint(tokens, self.batch_sharding)
         return self.module.apply({"params": params}, tokens)
+
+
+def _put(arrays: Sequence[np.ndarray], sharding: Any) -> list:
+    """Host arrays as they are (one device), or as global arrays split by `sharding` over the batch."""
+    if sharding is None:
+        return list(arrays)
+    return [jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays]
+
+
+def _fetch(tree: Any) -> Any:
+    """Host copies of results, also when they are sharded over other hosts' devices."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return jax.tree.map(one, tree)
+
+
+def _check_batch(batch_size: int, sharding: Any) -> None:
+    if sharding is not None:
+        try:
+            sharding.shard_shape((batch_size, 1))
+        except ValueError as e:
+            raise ValueError(f"eval batch_size {batch_size} cannot be split by the batch sharding "
+                             f"{sharding}: make it a multiple of the data x fsdp devices") from e
 
 
 class Loglikelihood(NamedTuple):
@@ -100,13 +131,15 @@ def _truncate(context: Sequence[int], continuation: Sequence[int], max_len: int)
 
 def loglikelihood(apply_fn: ApplyFn, params: Any, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                   max_len: int, batch_size: int, buckets: Sequence[int] | None = None,
-                  pad_id: int = 0) -> list[Loglikelihood]:
+                  pad_id: int = 0, batch_sharding: Any = None) -> list[Loglikelihood]:
     """Scores each (context ids, continuation ids) request; results in request order.
 
     The context is left-truncated so that context + continuation fits `max_len`
     input positions. Rows are right-padded to a bucket width and batches padded to
-    `batch_size` rows, so each bucket compiles once.
+    `batch_size` rows, so each bucket compiles once. `batch_sharding` (optional) splits
+    every batch over devices; batch_size must then be divisible by the number of shards.
     """
+    _check_batch(batch_size, batch_sharding)
     buckets = tuple(buckets or length_buckets(max_len))
     if buckets[-1] < max_len:
         buckets += (max_len,)
@@ -122,10 +155,11 @@ def loglikelihood(apply_fn: ApplyFn, params: Any, requests: Sequence[tuple[Seque
             t = len(full) - 1
             inputs[r, :t], targets[r, :t] = full[:-1], full[1:]
             mask[r, t - n:t] = True
+        inputs, targets, mask = _put((inputs, targets, mask), batch_sharding)
         pending.append((idx, score_batch(apply_fn, params, inputs, targets, mask)))  # dispatched asynchronously
     out: list[Loglikelihood | None] = [None] * len(requests)
     for idx, result in pending:
-        lp, greedy, n = jax.device_get(result)
+        lp, greedy, n = _fetch(result)
         for r, i in enumerate(idx):
             out[i] = Loglikelihood(float(lp[r]), bool(greedy[r]), int(n[r]))
     return out  # type: ignore[return-value]
@@ -167,12 +201,14 @@ def generate_batch(apply_fn: ApplyFn, params: Any, buffer: jax.Array, lengths: j
 
 def generate(apply_fn: ApplyFn, params: Any, prompts: Sequence[Sequence[int]], *, max_len: int,
              max_new_tokens: int, batch_size: int, stop_ids: Sequence[int] = (),
-             buckets: Sequence[int] | None = None, pad_id: int = 0) -> list[list[int]]:
+             buckets: Sequence[int] | None = None, pad_id: int = 0,
+             batch_sharding: Any = None) -> list[list[int]]:
     """Greedy continuation ids of each prompt (ending with the stop token if one was emitted).
 
     Prompts are left-truncated to max_len - max_new_tokens tokens so the generated
-    tokens stay inside the model's context.
+    tokens stay inside the model's context. `batch_sharding` as in :func:`loglikelihood`.
     """
+    _check_batch(batch_size, batch_sharding)
     if not 0 < max_new_tokens < max_len:
         raise ValueError(f"max_new_tokens must be in (0, max_len={max_len}), got {max_new_tokens}")
     buckets = tuple(buckets or length_buckets(max_len))
@@ -190,10 +226,11 @@ def generate(apply_fn: ApplyFn, params: Any, prompts: Sequence[Sequence[int]], *
         for r, i in enumerate(idx):
             buf[r, :len(trimmed[i])] = trimmed[i]
             lengths[r] = len(trimmed[i])
-        pending.append((idx, lengths, generate_batch(apply_fn, params, buf, lengths, stops, max_new_tokens)))
+        dbuf, dlengths = _put((buf, lengths), batch_sharding)
+        pending.append((idx, lengths, generate_batch(apply_fn, params, dbuf, dlengths, stops, max_new_tokens)))
     out: list[list[int]] = [[] for _ in prompts]
     for idx, start, result in pending:
-        buf, end = jax.device_get(result)
+        buf, end = _fetch(result)
         for r, i in enumerate(idx):
             out[i] = [int(t) for t in buf[r, start[r]:end[r]]]
     return out

@@ -61,8 +61,10 @@ def _check(member: GroupMember, leaf_shape: tuple[int, ...], num_groups: int) ->
 def member_group_sums(x: jax.Array, member: GroupMember, num_groups: int) -> jax.Array:
     """Sums a leaf-shaped array over each group's slice; returns shape ``(num_groups,)``."""
     axis = _check(member, x.shape, num_groups)
-    y = x.reshape(x.shape[:axis] + member.shape + x.shape[axis + 1 :])
-    y = jnp.moveaxis(y, axis + member.group_dim, 0).reshape(num_groups, -1)
+    # Reduce the other axes first: a sharded leaf then only yields partial sums (an
+    # all-reduce of one vector), and the reshape below acts on that small vector.
+    v = jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis))  # (leaf_shape[axis],)
+    y = jnp.moveaxis(v.reshape(member.shape), member.group_dim, 0).reshape(num_groups, -1)
     return jnp.sum(y, axis=1)
 
 

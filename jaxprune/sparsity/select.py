@@ -70,6 +70,16 @@ def kth_smallest(x: jax.Array, k: jax.Array | int) -> jax.Array:
     return keys_to_float(kth_smallest_key([order_keys(x).reshape(-1)], k))
 
 
+def _positions(shape: tuple[int, ...]) -> jax.Array:
+    """Row-major flat index of every entry, as int32 (elementwise, so it shards like the array)."""
+    idx = jnp.zeros(shape, jnp.int32)
+    stride = 1
+    for d in reversed(range(len(shape))):
+        idx = idx + jax.lax.broadcasted_iota(jnp.int32, shape, d) * stride
+        stride *= shape[d]
+    return idx
+
+
 def select_smallest(keys: Sequence[jax.Array], k: jax.Array | int) -> list[jax.Array]:
     """Boolean arrays marking exactly ``min(k, total)`` smallest keys over ``keys``.
 
@@ -86,15 +96,21 @@ def select_smallest(keys: Sequence[jax.Array], k: jax.Array | int) -> list[jax.A
         return [b | e for b, e in zip(below, ties)]
 
     def take_first_ties():
-        out, offset = [], jnp.int32(0)
-        for b, e in zip(below, ties):
-            rank = jnp.cumsum(e.reshape(-1), dtype=jnp.int32).reshape(e.shape) + offset
-            out.append(b | (e & (rank <= remaining)))
-            offset = offset + jnp.sum(e, dtype=jnp.int32)
-        return out
+        # The first `remaining` ties by position: bisect on the position (31 counting
+        # passes, like the threshold) instead of a cumsum, so that sharded arrays are
+        # only compared and summed, never gathered.
+        pos = [_positions(e.shape) + off for e, off in zip(ties, np.cumsum([0] + [e.size for e in ties]))]
 
-    # The cumsum is only needed when the threshold value is shared by more entries
-    # than are still to be pruned; skip it in the common (continuous-score) case.
+        def body(i, ans):
+            cand = ans | jax.lax.shift_left(jnp.int32(1), 30 - i)
+            count = sum(jnp.sum(e & (p < cand), dtype=jnp.int32) for e, p in zip(ties, pos))
+            return jnp.where(count < remaining, cand, ans)
+
+        last = jax.lax.fori_loop(0, 31, body, jnp.int32(0))  # count(ties & pos <= last) == remaining
+        return [b | (e & (p <= last) & (remaining > 0)) for b, e, p in zip(below, ties, pos)]
+
+    # The position search is only needed when the threshold value is shared by more
+    # entries than are still to be pruned; skip it in the common (continuous-score) case.
     return jax.lax.cond(n_ties <= remaining, take_all_ties, take_first_ties)
 
 
