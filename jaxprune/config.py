@@ -214,7 +214,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     rates = tuple(pr.rates)
     for r in rates:
         if not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
-            add(f"pruning.rates: every rate must be in [0, 1), got {r!r}")
+            add(f"pruning.rates: every rate must be in [0, 1), got {r!r} (a rate of 1 leaves no weights; below 1, "
+                f"layer-wise counts floor(rate * n) < n keep every layer non-empty, and global pruning is "
+                f"checked for empty layers right after each pruning step)")
     if any(b < a for a, b in zip(rates, rates[1:])):
         add(f"pruning.rates must be non-decreasing (they are cumulative), got {rates}")
     if pr.schedule == "gradual" and len(rates) > 1:

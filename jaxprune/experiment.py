@@ -12,9 +12,11 @@ finished stages and resumes the current one from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,15 @@ import ml_collections
 import numpy as np
 
 from jaxprune import parallel, sparsity
+from jaxprune import workdir as workdir_lock
 from jaxprune.config import data_dir, model_config, validate
 from jaxprune.data import corpus
 from jaxprune.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from jaxprune.evaluation.scoring import ModuleApply
 from jaxprune.models import build_model, init_params, logical_axes
-from jaxprune.training.loop import Phase, append_jsonl, final_state, run_phase
+from jaxprune.sparsity.masks import leaves_with_paths
+from jaxprune.training.loop import (Phase, Preempted, append_jsonl, final_state, handle_sigterm,
+                                    preemption_requested, repair_jsonl, run_phase)
 from jaxprune.training.state import TrainState, create_state
 from jaxprune.training.step import make_eval_step, make_optimizer, make_train_step
 
@@ -71,12 +76,26 @@ def plan(config: ml_collections.ConfigDict) -> list[Stage]:
     return stages
 
 
-def read_results(workdir: Path) -> list[dict]:
+class PruningError(ValueError):
+    """Pruning would leave a layer with no weights at all (the message names the layers)."""
+
+
+def read_results(workdir: Path, repair: bool = False) -> list[dict]:
+    """The rows of WORKDIR/results.jsonl. A last line without its newline (a kill mid-append) is
+    ignored with a warning, and with `repair` (the run that owns the workdir) cut off the file: its
+    stage reruns. A malformed complete line raises naming the file and line."""
     path = workdir / RESULTS
     if not path.is_file():
         return []
+    if repair:
+        repair_jsonl(path)
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        print(f"warning: {path}: ignoring a partial last line (an interrupted append)", file=sys.stderr, flush=True)
+        lines = lines[:-1]
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -138,7 +157,9 @@ class Experiment:
         self.config, self.workdir, self.progress = config, Path(workdir), progress
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.digest = config_digest(config)
+        workdir_lock.check(self.workdir)  # refuse early; run() takes the lock
         self._check_workdir()
+        self._check_task_data()
 
         self.mesh = parallel.make_mesh(config.mesh)
         self.rules = parallel.rules(config.mesh)
@@ -180,6 +201,22 @@ class Experiment:
             tmp.write_text(json.dumps({"digest": self.digest, "config": json.loads(
                 self.config.to_json_best_effort())}, indent=1))
             tmp.replace(path)
+
+    def _check_task_data(self) -> None:
+        """Reads every configured evaluation task now, so a broken file fails before any compute."""
+        tasks = [t for t in self.config.eval.tasks if t != "heldout"]
+        if tasks:
+            from jaxprune.config import REQUIRED_FILES
+            from jaxprune.data.tasks import load_task
+            d = data_dir(self.config)
+            for name in tasks:
+                try:
+                    load_task(name, d)
+                except UnicodeDecodeError as e:  # the task readers do not name the file for these: find it
+                    for rel in REQUIRED_FILES.get(name, []) if d is not None else []:
+                        if not rel.endswith(".bz2"):
+                            corpus.read_text(d / rel)  # raises DataError with the file and line
+                    raise corpus.DataError(f"task {name}: data is not valid UTF-8 ({e})") from e
 
     # -- compiled pieces -----------------------------------------------------
     def _phase_cfg(self, stage: Stage) -> ml_collections.ConfigDict:
@@ -296,6 +333,9 @@ class Experiment:
         if not (stage_dir / "checkpoints").is_dir():
             raise FileNotFoundError(f"model.init_path {str(stage_dir)!r} is not a stage directory of a jaxprune run "
                                     f"(expected {stage_dir / 'checkpoints'})")
+        if stage_dir.name not in {r["stage"] for r in read_results(stage_dir.parent)}:
+            raise RuntimeError(f"{stage_dir} is not finished ({stage_dir.parent / RESULTS} has no "
+                               f"{stage_dir.name!r} row): wait for that run's stage to end")
         state = final_state(stage_dir, abstract)
         if state is None:
             raise FileNotFoundError(f"{stage_dir / 'checkpoints'} holds no finished checkpoint")
@@ -316,6 +356,7 @@ class Experiment:
             if not stage.gradual:
                 rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1000 + stage.index))
                 masks = self.prune_masks(params, masks, stage.rate, rng)
+                check_no_empty_layers(masks, f"stage {stage.name} (rate {stage.rate})")
             params = sparsity.apply_masks(params, masks)
         seed = self.config.seed + 7919 * stage.index + (0 if stage.kind == "pruned" else 104729)
         return jax.jit(lambda p, m: create_state(p, tx, m, seed), out_shardings=state_sh)(params, masks)
@@ -332,6 +373,7 @@ class Experiment:
                                                frequency=every))
             rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), step))
             masks = self.prune_masks(state.params, state.masks, rate, rng)
+            check_no_empty_layers(masks, f"stage {stage.name} at step {step} (rate {rate:.4g})")
             return state.replace(masks=masks, params=sparsity.apply_masks(state.params, masks),
                                  opt_state=sparsity.mask_optimizer_state(state.opt_state, masks))
         return hook
@@ -385,10 +427,20 @@ class Experiment:
         return float(np.exp(-logp[targets].mean()))
 
     def run(self) -> list[dict]:
-        done = {r["stage"] for r in read_results(self.workdir)}
+        """Runs the stages not in results.jsonl yet, holding the workdir lock; SIGTERM stops the run at the
+        next step or stage boundary with everything saved (raises Preempted)."""
+        lock = workdir_lock.WorkdirLock(self.workdir) if parallel.is_primary() else contextlib.nullcontext()
+        with lock, handle_sigterm():
+            return self._run()
+
+    def _run(self) -> list[dict]:
+        done = {r["stage"] for r in read_results(self.workdir, repair=parallel.is_primary())}
         for stage in plan(self.config):
             if stage.name in done:
                 continue
+            if preemption_requested():
+                raise Preempted(f"stopped by SIGTERM before stage {stage.name}; every finished stage is saved. "
+                                f"Rerun the same command to resume.")
             row = self.run_stage(stage)
             if stage.kind == "dense":
                 row["metrics"]["unigram_ppl"] = self.unigram_ppl()
@@ -398,6 +450,14 @@ class Experiment:
             print(f"[{stage.name}] sparsity={row['sparsity']:.4f} "
                   + " ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)), flush=True)
         return read_results(self.workdir)
+
+
+def check_no_empty_layers(masks: Any, where: str) -> None:
+    """Raises PruningError naming every prunable layer whose mask keeps no weight."""
+    empty = [path for path, m in leaves_with_paths(masks) if m is not None and not bool(jnp.any(m))]
+    if empty:
+        raise PruningError(f"{where} leaves no weights in {', '.join(empty)}; lower the rate, use "
+                           f"pruning.scope='layerwise', or exclude these layers (pruning.exclude)")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> list[dict]:

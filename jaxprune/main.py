@@ -1,4 +1,11 @@
-"""Entry point: python -m jaxprune.main --config=configs/gpt_lambada.py --workdir=runs/x [--config.a.b=v]."""
+"""Entry point: python -m jaxprune.main --config=configs/gpt_lambada.py --workdir=runs/x [--config.a.b=v].
+
+Exit codes: 0 done; 2 invalid config or data file (found before any compute); 3 the
+workdir is in use by another run; 4 an unusable checkpoint; 5 training diverged
+(NaN/Inf loss; the last good checkpoint is kept); 6 pruning would empty a layer;
+143 stopped by SIGTERM (preemption) after saving a checkpoint. After 143 or a
+kill -9, rerunning the same command resumes.
+"""
 
 from __future__ import annotations
 
@@ -27,13 +34,23 @@ def main(argv: list[str]) -> None:
     if workdir is None:
         name = flags.FLAGS["config"].config_filename.rsplit("/", 1)[-1].split(":")[0].removesuffix(".py")
         workdir = f"runs/{name}"
-    from jaxprune import experiment  # after flag parsing: keeps --help fast
+    from jaxprune import experiment, parallel  # after flag parsing: keeps --help fast
 
+    parallel.initialize(config.mesh)  # multi-host: before anything touches devices
+
+    from jaxprune.data.corpus import DataError
+    from jaxprune.training.checkpoint import CheckpointError
+    from jaxprune.training.loop import Preempted, TrainingDiverged
+    from jaxprune.workdir import WorkdirLocked
+
+    exit_codes = ((ConfigError, 2), (DataError, 2), (WorkdirLocked, 3), (CheckpointError, 4),
+                  (TrainingDiverged, 5), (experiment.PruningError, 6), (Preempted, Preempted.exit_code))
     try:
         experiment.run(config, workdir, progress=_PROGRESS.value)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except tuple(e for e, _ in exit_codes) as e:
+        code = next(c for cls, c in exit_codes if isinstance(e, cls))
+        print(f"{'preempted' if isinstance(e, Preempted) else 'error'}: {e}", file=sys.stderr, flush=True)
+        sys.exit(code)
     print(f"results: {workdir}/results.jsonl")
 
 

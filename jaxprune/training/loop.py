@@ -2,12 +2,25 @@
 
 Side effects live here: checkpoints, metrics.jsonl, the progress bar. The numerics
 are the pure jitted step from `step.py`.
+
+Faults: SIGTERM (preemption) is turned into a flag checked after every step; the
+loop then saves a checkpoint and raises `Preempted`, and the same command resumes.
+A non-finite loss raises `TrainingDiverged` before anything is saved, so the newest
+checkpoint on disk is the last good one. JSONL lines are appended with one write +
+fsync, and a partial last line left by a kill is cut off (with a warning) before the
+next append. After a resume, the metrics.jsonl lines of steps redone since the last
+checkpoint appear twice; readers keep the last line of each (phase, step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +39,90 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf (the message gives the step)."""
 
 
+class Preempted(RuntimeError):
+    """SIGTERM arrived; the state is checkpointed and rerunning the same command resumes."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect from a process stopped by SIGTERM
+
+
+# ---------------------------------------------------------------------------
+# JSONL files: whole lines or nothing
+# ---------------------------------------------------------------------------
+def repair_jsonl(path: Path) -> int:
+    """Cuts off a final line without its newline (a write interrupted by a kill); returns bytes removed."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return 0
+        keep, pos = 0, size
+        while pos > 0:  # the last newline, reading backwards in blocks
+            start = max(0, pos - 65536)
+            block = os.pread(fd, pos - start, start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            pos = start
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    print(f"warning: {path}: removed a partial last line ({size - keep} bytes) left by an interrupted write",
+          file=sys.stderr, flush=True)
+    return size - keep
+
+
 def append_jsonl(path: Path, record: dict) -> None:
-    """Appends one JSON line and flushes it to disk."""
+    """Appends one JSON line with a single write and fsyncs it, so a kill leaves the line whole or cut
+    off at the end (which `repair_jsonl`, run first, removes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+    repair_jsonl(path)
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"{path}: short write ({written} of {len(data)} bytes); disk full?")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# Preemption: SIGTERM -> flag, checked after every step
+# ---------------------------------------------------------------------------
+_sigterm = threading.Event()
+
+
+def _on_sigterm(signum, frame) -> None:
+    _sigterm.set()
+
+
+def preemption_requested() -> bool:
+    """Whether SIGTERM arrived while `handle_sigterm` was active."""
+    return _sigterm.is_set()
+
+
+@contextlib.contextmanager
+def handle_sigterm():
+    """Within the block SIGTERM sets a flag instead of ending the process (nested uses share it).
+
+    Outside the main thread (where signal handlers cannot be installed) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        yield
+        return
+    _sigterm.clear()  # a new run starts with no pending preemption
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -57,19 +148,32 @@ class Phase:
 
 def run_phase(phase: Phase, init_state: Callable[[], TrainState]) -> TrainState:
     """Trains `phase.steps` steps from the latest checkpoint of the phase, or from init_state()."""
-    ckpt = Checkpointer(phase.directory / "checkpoints", phase.max_to_keep)
+    ckpt = Checkpointer(phase.directory / "checkpoints", phase.max_to_keep, owner=True)
     meta = dict(phase.meta or {}, phase=phase.name)
     state = init_state()
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, _ = ckpt.restore(latest, abstract_like(state), expect_meta=meta)
+    restored = ckpt.restore_latest(abstract_like(state), expect_meta=meta)
+    if restored is not None:
+        state, _ = restored
     start = int(state.step)
     if start >= phase.steps:
-        if latest is None:  # a phase of zero steps still leaves its final state on disk
+        if restored is None:  # a phase of zero steps still leaves its final state on disk
             ckpt.save(start, state, dict(meta, step=start))
         ckpt.close()
         return state
+    with handle_sigterm():
+        return _train(phase, ckpt, meta, state, start)
 
+
+def _diverged(phase: Phase, m: dict, done: int, ckpt: Checkpointer) -> TrainingDiverged:
+    bad = " and ".join(f"{k} is {m[k]}" for k in sorted(m, key=lambda k: k != "loss") if not math.isfinite(m[k]))
+    last = ckpt.latest_step()
+    kept = f"step {last} in {ckpt.directory}" if last is not None else f"none yet in {ckpt.directory}"
+    return TrainingDiverged(f"{phase.name}: {bad} at step {done}; stopped without saving, the last good "
+                            f"checkpoint of this phase is {kept}")
+
+
+def _train(phase: Phase, ckpt: Checkpointer, meta: dict, state: TrainState, start: int) -> TrainState:
+    """Steps start..phase.steps with logging, checkpoints and the SIGTERM check after each step."""
     bar = tqdm(total=phase.steps, initial=start, desc=phase.name, disable=not phase.progress,
                dynamic_ncols=True, mininterval=2.0)
     t_last, steps_since = time.perf_counter(), 0
@@ -81,24 +185,33 @@ def run_phase(phase: Phase, init_state: Callable[[], TrainState]) -> TrainState:
         steps_since += 1
         done = step + 1
         save_now = done % phase.checkpoint_every == 0 or done == phase.steps
-        if done % phase.log_every == 0 or save_now:
+        preempted = preemption_requested()
+        if done % phase.log_every == 0 or save_now or preempted:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not math.isfinite(m["loss"]):
+            if not all(map(math.isfinite, m.values())):  # loss or grad_norm: checked before every save
                 bar.close()
-                raise TrainingDiverged(
-                    f"{phase.name}: loss is {m['loss']} at step {done}; stopped without saving, the last good "
-                    f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+                err = _diverged(phase, m, done, ckpt)
+                ckpt.close()
+                raise err
             now = time.perf_counter()
             m["tokens_per_s"] = steps_since * phase.tokens_per_step / (now - t_last)
             t_last, steps_since = now, 0
-            append_jsonl(phase.metrics_file, {"phase": phase.name, "step": done, **m})
+            if jax.process_index() == 0:  # one writer on multi-host runs
+                append_jsonl(phase.metrics_file, {"phase": phase.name, "step": done, **m})
             bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
         if phase.eval_every and done % phase.eval_every == 0 and phase.evaluate is not None and done < phase.steps:
-            append_jsonl(phase.metrics_file, {"phase": phase.name, "step": done, **phase.evaluate(state.params)})
+            evaluated = phase.evaluate(state.params)  # on every host: the evaluation is a collective
+            if jax.process_index() == 0:
+                append_jsonl(phase.metrics_file, {"phase": phase.name, "step": done, **evaluated})
             t_last = time.perf_counter()
-        if save_now:
+        if save_now or preempted:
             ckpt.save(done, state, dict(meta, step=done))
         bar.update(1)
+        if preempted:
+            bar.close()
+            ckpt.close()
+            raise Preempted(f"{phase.name}: stopped by SIGTERM after step {done}; saved the checkpoint "
+                            f"{ckpt.directory / str(done)}. Rerun the same command to resume.")
     bar.close()
     ckpt.close()
     return state
