@@ -1,0 +1,59 @@
+"""SmolLM2-135M-Instruct (GGUF, Q4_1 dequantised to float32) pruned 10 -> 30 -> 50 %, LAMBADA + held-out books.
+
+    python scripts/fetch_smollm2.py        # once: caches the .gguf in ~/.cache/jaxprune (or $JAXPRUNE_CACHE_DIR)
+    python -m jaxprune.main --config=configs/smollm2_lambada.py --workdir=runs/smollm2_lambada
+
+The dense stage is the imported model (no pretraining); each stage prunes the attention and
+MLP kernels by global magnitude to the next cumulative rate, fine-tunes briefly on the
+training novels and evaluates held-out perplexity on the validation novels and LAMBADA.
+The tokenizer is the GGUF's own (49152 tokens). `:quick` shrinks it to a CPU smoke run
+(100 LAMBADA examples, a few fine-tuning steps). The file's path can be given with
+--config.model.init_path=PATH.
+"""
+
+from pathlib import Path
+
+from jaxprune.config import default_config
+from jaxprune.models.fetch import FILES, cache_dir
+
+
+def get_config(arg: str | None = None):
+    c = default_config()
+    c.seed = 0
+    c.model.preset = "smollm2-135m"  # 30 layers, d_model 576, 9 heads / 3 kv heads, tied embeddings
+    c.model.max_len = 512  # no position table: any context up to the model's 8192 works
+    c.model.init = "gguf"
+    c.model.init_path = str(Path(cache_dir()) / FILES["smollm2"].filename)
+    c.data.source = "books"
+    c.data.max_train_bytes = 20_000_000
+    c.data.max_eval_bytes = 2_000_000
+    c.pretrain.steps = 0  # pretrained: no pretraining phase
+    c.finetune.steps = 100
+    c.finetune.batch_size = 16
+    c.finetune.lr = 3e-5
+    c.finetune.warmup_steps = 10
+    c.finetune.weight_decay = 0.0
+    c.finetune.log_every = 10
+    c.pruning.schedule = "iterative"
+    c.pruning.rates = (0.1, 0.3, 0.5)
+    c.pruning.method = "magnitude"
+    c.pruning.scope = "global"
+    c.eval.tasks = ("heldout", "lambada")
+    c.eval.max_examples = 500
+    c.eval.batch_size = 16
+    c.eval.heldout_batches = 16
+    c.checkpoint.every_steps = 50
+
+    if arg == "quick":  # CPU smoke run
+        c.model.max_len = 128
+        c.data.max_train_bytes = 2_000_000
+        c.data.max_eval_bytes = 300_000
+        c.finetune.steps = 4
+        c.finetune.batch_size = 4
+        c.finetune.warmup_steps = 1
+        c.finetune.log_every = 2
+        c.eval.max_examples = 100
+        c.eval.batch_size = 8
+        c.eval.heldout_batches = 4
+        c.checkpoint.every_steps = 4
+    return c
