@@ -32,7 +32,8 @@ def get_config(arg: str | None = None):
     c.finetune.log_every = 10
     c.pruning.schedule = "iterative"
     c.pruning.rates = (0.1, 0.2, 0.3, 0.4, 0.5)
-    c.eval.tasks = ("heldout",)
+    c.eval.tasks = ("heldout", "lambada")
+    c.eval.max_examples = 500  # the first 500 LAMBADA passages at every stage (all 5153: --config.eval.max_examples=0)
     c.eval.heldout_batches = 16
     c.checkpoint.every_steps = 250
 
@@ -48,6 +49,7 @@ def get_config(arg: str | None = None):
         c.pruning.rates = (0.25, 0.5)
         c.eval.heldout_batches = 4
         c.eval.batch_size = 16
+        c.eval.tasks = ("heldout",)
         c.checkpoint.every_steps = 20
     elif arg:  # an accelerator size, e.g. gpt2 or gpt3-125m
         c.model.preset = arg
