@@ -123,6 +123,9 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path):
     """The configured tokenizer, or a byte-level BPE trained once and saved in the workdir."""
     if config.data.tokenizer:
         return load_tokenizer(config.data.tokenizer)
+    if config.model.init in ("hf_gpt2", "gguf"):  # a pretrained model brings its own tokenizer
+        from jaxprune.models import load_pretrained_tokenizer
+        return load_pretrained_tokenizer(config)
     path = workdir / "tokenizer.json"
     if path.is_file():
         return load_tokenizer(path)
