@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxprune import parallel, sparsity
 from jaxprune import workdir as workdir_lock
-from jaxprune.config import data_dir, model_config, validate
+from jaxprune.config import CALIBRATED_METHODS, data_dir, model_config, validate
 from jaxprune.data import corpus
 from jaxprune.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from jaxprune.evaluation.scoring import ModuleApply
@@ -40,6 +40,7 @@ from jaxprune.training.state import TrainState, create_state
 from jaxprune.training.step import make_eval_step, make_optimizer, make_train_step
 
 RESULTS = "results.jsonl"
+CALIBRATION_KEYS = ("calibration_samples", "calibration_batch", "sparsegpt_blocksize", "sparsegpt_damp")
 
 
 # ---------------------------------------------------------------------------
@@ -113,6 +114,9 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
         d["finetune"].pop(key, None)
     d.pop("eval", None)
     d.pop("checkpoint", None)
+    if d["pruning"].get("method") not in CALIBRATED_METHODS:  # keeps digests of runs from before these keys
+        for key in CALIBRATION_KEYS:
+            d["pruning"].pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -155,12 +159,17 @@ def prepare_tokens(config: ml_collections.ConfigDict, workdir: Path, tok) -> tup
 class Experiment:
     """Holds the compiled functions and data of one run; `run()` executes the stage plan."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True,
+                 read_only: bool = False):
+        """`read_only` is for inspecting a run (evaluating its checkpoints) while it may still be running:
+        the workdir lock is not checked; `run()` must not be called."""
         validate(config)
         self.config, self.workdir, self.progress = config, Path(workdir), progress
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.digest = config_digest(config)
-        workdir_lock.check(self.workdir)  # refuse early; run() takes the lock
+        self.read_only = read_only
+        if not read_only:
+            workdir_lock.check(self.workdir)  # refuse early; run() takes the lock
         self._check_workdir()
         self._check_task_data()
 
@@ -276,6 +285,25 @@ class Experiment:
                                        groups=groups)
         return self._prune_fn(params, masks, counts, rng)
 
+    def prune(self, params, masks, rate: float, rng):
+        """(params, masks) pruned to cumulative `rate`: magnitude/random only change the masks
+        (:meth:`prune_masks`); wanda/sparsegpt calibrate block by block on
+        `pruning.calibration_samples` training sequences (the first batch of a shuffle with seed
+        `seed + 2`), with earlier blocks already pruned, and sparsegpt also updates the weights."""
+        pr = self.config.pruning
+        if pr.method not in CALIBRATED_METHODS:
+            return params, self.prune_masks(params, masks, rate, rng)
+        from jaxprune.models.capture import calibrate_and_prune
+        tokens = np.asarray(corpus.train_batches(self.train_tokens, self.seq_len, pr.calibration_samples,
+                                                 self.config.seed + 2)[0])[:, :self.seq_len]
+        layer = sparsity.layer_pruner(pr.method, float(rate), pattern=pr.pattern, n=pr.n, m=pr.m,
+                                      blocksize=pr.sparsegpt_blocksize, damp=pr.sparsegpt_damp)
+        host = jax.device_get((params, masks))  # calibration runs unsharded, one block at a time
+        params, masks = calibrate_and_prune(self.model_cfg, host[0], host[1], tokens, layer,
+                                            batch_size=pr.calibration_batch)
+        return (jax.device_put(params, self.param_sh),
+                jax.device_put(masks, parallel.mask_shardings(masks, self.param_sh)))
+
     # -- evaluation ----------------------------------------------------------
     def evaluate(self, params, tag: str = "tasks") -> dict:
         """Held-out loss/perplexity (always: it is the pipeline's primary metric) plus every configured task."""
@@ -358,7 +386,7 @@ class Experiment:
                                 out_shardings=jax.tree.map(lambda a: a.sharding, abstract.masks))(params)
             if not stage.gradual:
                 rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1000 + stage.index))
-                masks = self.prune_masks(params, masks, stage.rate, rng)
+                params, masks = self.prune(params, masks, stage.rate, rng)
                 check_no_empty_layers(masks, f"stage {stage.name} (rate {stage.rate})")
             params = sparsity.apply_masks(params, masks)
         seed = self.config.seed + 7919 * stage.index + (0 if stage.kind == "pruned" else 104729)
@@ -375,9 +403,9 @@ class Experiment:
             rate = float(sparsity.gradual_rate(step, final_rate=stage.rate, begin_step=0, num_prunes=n,
                                                frequency=every))
             rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), step))
-            masks = self.prune_masks(state.params, state.masks, rate, rng)
+            params, masks = self.prune(state.params, state.masks, rate, rng)
             check_no_empty_layers(masks, f"stage {stage.name} at step {step} (rate {rate:.4g})")
-            return state.replace(masks=masks, params=sparsity.apply_masks(state.params, masks),
+            return state.replace(masks=masks, params=sparsity.apply_masks(params, masks),
                                  opt_state=sparsity.mask_optimizer_state(state.opt_state, masks))
         return hook
 
@@ -432,6 +460,8 @@ class Experiment:
     def run(self) -> list[dict]:
         """Runs the stages not in results.jsonl yet, holding the workdir lock; SIGTERM stops the run at the
         next step or stage boundary with everything saved (raises Preempted)."""
+        if self.read_only:
+            raise RuntimeError("this Experiment was opened read_only; it cannot run stages")
         lock = workdir_lock.WorkdirLock(self.workdir) if parallel.is_primary() else contextlib.nullcontext()
         with lock, handle_sigterm():
             return self._run()

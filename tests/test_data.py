@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxprune.data import corpus
+from jaxprune.data import corpus, tfds_catalog
 from jaxprune.data.tokenizer import EOS, eos_id, load_tokenizer
 
 
@@ -94,6 +94,6 @@ def test_bad_files_raise_one_error_naming_the_file(tmp_path):
 
 def test_tfds_offline_fails_fast(monkeypatch, tmp_path):
     """An unprepared TFDS dataset offline raises at once, naming the data-directory alternative."""
-    monkeypatch.setattr(corpus, "_online", lambda *a, **k: False)
+    monkeypatch.setattr(tfds_catalog, "online", lambda *a, **k: False)
     with pytest.raises(corpus.DataError, match="not prepared and there is no internet connection.*data_dir"):
         corpus.load_texts("tfds:tiny_shakespeare", "train", tmp_path)

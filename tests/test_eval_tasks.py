@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jaxprune.data import tfds_catalog
 from jaxprune.data.tasks import READERS, TaskDataError, base, hellaswag, lambada, load_task, nq_open, storycloze, \
     triviaqa, webquestions
 
@@ -136,13 +137,13 @@ def test_tfds_fails_fast_offline(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # nothing is prepared here
     real_builder = tfds.builder
-    monkeypatch.setattr(tfds, "builder", lambda name, **kw: real_builder(name, data_dir=str(tmp_path), **kw))
+    monkeypatch.setattr(tfds, "builder", lambda name, **kw: real_builder(name, **{**kw, "data_dir": str(tmp_path)}))
 
     def refuse(*args, **kwargs):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
-    assert base._online() is False
+    assert tfds_catalog.online() is False
     with pytest.raises(TaskDataError, match=r"not prepared and there is no internet.*JAXPRUNE_DATA_DIR"):
         load_task("nq_open", None)
     assert set(READERS) == {"lambada", "hellaswag", "storycloze", "nq_open", "webquestions", "triviaqa"}

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     from jaxprune.training.loop import final_state
 
     config = _CONFIG.value
-    exp = Experiment(config, _WORKDIR.value, progress=False)
+    exp = Experiment(config, _WORKDIR.value, progress=False, read_only=True)
     stage = next((s for s in plan(config) if s.name == _STAGE.value), None)
     if stage is None:
         sys.exit(f"error: the config has no stage {_STAGE.value!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import grain
 import numpy as np
 from tokenizers import Tokenizer
 
+from jaxprune.data import tfds_catalog
 from jaxprune.data.tokenizer import eos_id, fingerprint
 
 
@@ -50,16 +50,8 @@ def read_text(path: Path) -> str:
 
 def _tfds_texts(name: str, split: str, data_dir: Path | None) -> list[str]:
     """Reads a prepared TFDS dataset's text; fails at once if it would need a download offline."""
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder(name, data_dir=str(data_dir / "tensorflow_datasets") if data_dir else None)
-    if not builder.is_prepared():
-        if not _online():
-            raise DataError(
-                f"TFDS dataset {name!r} is not prepared and there is no internet connection. Either run once "
-                f"online (it downloads and prepares itself), or use the offline data directory: "
-                f"--config.data.source=books --config.data.data_dir=/path/to/data (laid out like shared/data).")
-        builder.download_and_prepare()
+    builder = tfds_catalog.prepared_builder(
+        name, str(data_dir / "tensorflow_datasets") if data_dir else None, DataError)
     tfds_split = {"validation": "validation", "train": "train", "test": "test"}[split]
     ds = builder.as_data_source(split=tfds_split)
     out = []
@@ -67,14 +59,6 @@ def _tfds_texts(name: str, split: str, data_dir: Path | None) -> list[str]:
         value = ex.get("text", ex.get("content"))
         out.append(normalise(value.decode() if isinstance(value, bytes) else str(value)))
     return out
-
-
-def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def load_texts(source: str, split: str, data_dir: Path | None, files: tuple = (),

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jaxprune.data import tfds_catalog
 from jaxprune.data.corpus import DataError
 
 
@@ -116,14 +116,6 @@ def check_fields(record: Any, fields: dict[str, type], where: str) -> None:
 # ---------------------------------------------------------------------------
 # TFDS (online catalog), failing fast when offline
 # ---------------------------------------------------------------------------
-def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _to_python(value: Any) -> Any:
     """bytes -> str, numpy arrays -> lists, recursively (TFDS data sources return numpy)."""
     import numpy as np
@@ -148,21 +140,5 @@ def tfds_records(name: str, split: str) -> list[dict[str, Any]]:
     3-second connection test succeeds; otherwise a TaskDataError tells the user to
     use the offline data directory instead.
     """
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name)
-    except Exception as e:  # unknown name, missing config...
-        raise TaskDataError(f"TFDS dataset {name!r} cannot be built: {e}") from e
-    if not builder.is_prepared():
-        if not _online():
-            raise TaskDataError(
-                f"TFDS dataset {name!r} is not prepared and there is no internet connection; use the offline "
-                f"data directory instead: --config.data.data_dir=/path/to/data or $JAXPRUNE_DATA_DIR "
-                f"(laid out like shared/data)")
-        try:
-            builder.download_and_prepare()
-        except Exception as e:
-            raise TaskDataError(f"TFDS dataset {name!r} could not be prepared ({e}); use the offline data "
-                                f"directory instead (--config.data.data_dir or $JAXPRUNE_DATA_DIR)") from e
+    builder = tfds_catalog.prepared_builder(name, None, TaskDataError)
     return [_to_python(r) for r in builder.as_data_source(split=split)]
