@@ -18,7 +18,8 @@ from jaxprune.models.presets import ModelConfig, get_preset, model_config_from_p
 DATA_DIR_ENV = "JAXPRUNE_DATA_DIR"
 EVAL_TASKS = ("heldout", "lambada", "hellaswag", "storycloze", "nq_open", "webquestions", "triviaqa")
 DATA_SOURCES = ("books", "tinyshakespeare", "wikitext2", "files")
-SCORE_METHODS = ("magnitude", "random")
+SCORE_METHODS = ("magnitude", "random", "wanda", "sparsegpt")
+CALIBRATED_METHODS = ("wanda", "sparsegpt")  # need calibration data; per-layer, pattern unstructured or nm
 PATTERNS = ("unstructured", "nm", "neuron", "head")
 MODEL_INITS = ("scratch", "checkpoint", "hf_gpt2", "gguf")
 
@@ -82,7 +83,9 @@ def default_config() -> ml_collections.ConfigDict:
     # sweep: each rate pruned one-shot from the dense model; gradual: Zhu & Gupta cubic during fine-tuning
     c.pruning.schedule = "iterative"
     c.pruning.rates = (0.1, 0.2, 0.3, 0.4, 0.5)  # cumulative sparsity after each stage; () = dense only
-    c.pruning.method = "magnitude"  # score: magnitude (|w|) or random
+    # magnitude (|w|), random, wanda (|w| * ||X_j||, per output) or sparsegpt (OBS reconstruction, per layer);
+    # wanda and sparsegpt calibrate block by block and ignore `scope` (see README)
+    c.pruning.method = "magnitude"
     c.pruning.scope = "global"  # global (one threshold over all prunable weights) or layerwise
     c.pruning.pattern = "unstructured"  # unstructured | nm | neuron (MLP neurons) | head (attention heads)
     c.pruning.n = 2  # N:M pattern: keep n of every m weights along the input dimension
@@ -91,6 +94,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.pruning.exclude = ()  # regexes that are never pruned (applied after include)
     c.pruning.gradual_every = 10  # gradual schedule: prune every N fine-tuning steps (Zhu & Gupta's dt)
     c.pruning.gradual_end_fraction = 0.75  # gradual: reach the final rate at this fraction of finetune.steps
+    c.pruning.calibration_samples = 128  # wanda/sparsegpt: training sequences (of model.max_len tokens) to calibrate on
+    c.pruning.calibration_batch = 8  # wanda/sparsegpt: sequences per calibration forward (bounds activation memory)
+    c.pruning.sparsegpt_blocksize = 128  # sparsegpt: inputs per lazy-update block (a multiple of pruning.m for N:M)
+    c.pruning.sparsegpt_damp = 0.01  # sparsegpt: dampening, as a fraction of mean(diag H)
 
     # --- fine-tuning after each pruning stage ---------------------------------
     c.finetune = _optimizer_fields(steps=200, lr=3e-4, warmup=20)
@@ -233,6 +240,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         elif rates and any(abs(r - (1 - pr.n / pr.m)) > 1e-9 for r in rates if r > 0):
             add(f"pruning.rates {rates} disagree with the {pr.n}:{pr.m} pattern, whose sparsity is "
                 f"{1 - pr.n / pr.m:g}; use pruning.rates=({1 - pr.n / pr.m:g},)")
+    if pr.method in CALIBRATED_METHODS:
+        if pr.pattern not in ("unstructured", "nm"):
+            add(f"pruning.method={pr.method!r} supports pattern 'unstructured' or 'nm', got {pr.pattern!r}")
+        if not isinstance(pr.calibration_samples, int) or pr.calibration_samples <= 0:
+            add(f"pruning.calibration_samples must be a positive integer, got {pr.calibration_samples!r}")
+        if not isinstance(pr.calibration_batch, int) or pr.calibration_batch <= 0:
+            add(f"pruning.calibration_batch must be a positive integer, got {pr.calibration_batch!r}")
+        if not isinstance(pr.sparsegpt_blocksize, int) or pr.sparsegpt_blocksize <= 0 or (
+                pr.pattern == "nm" and isinstance(pr.m, int) and pr.m > 0 and pr.sparsegpt_blocksize % pr.m):
+            add(f"pruning.sparsegpt_blocksize must be a positive integer (a multiple of pruning.m for N:M), got "
+                f"{pr.sparsegpt_blocksize!r}")
+        if not pr.sparsegpt_damp > 0:
+            add(f"pruning.sparsegpt_damp must be positive, got {pr.sparsegpt_damp!r}")
     if pr.gradual_every <= 0 or not 0 < pr.gradual_end_fraction <= 1:
         add("pruning.gradual_every must be > 0 and gradual_end_fraction in (0, 1]")
     if pr.schedule == "gradual" and rates and config.finetune.steps == 0:

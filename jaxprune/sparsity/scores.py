@@ -73,7 +73,24 @@ def random_score(
     return jax.tree_util.tree_unflatten(treedef, flat_s)
 
 
-SCORES: dict[str, Callable[..., PyTree]] = {"magnitude": magnitude_score, "random": random_score}
+def wanda_score(
+    params: PyTree,
+    masks: PyTree,
+    *,
+    rng: jax.Array | None = None,
+    grads: PyTree | None = None,
+    activations: Any = None,
+) -> PyTree:
+    """Wanda criterion ``|w_ij| * ||X_j||`` (Sun et al. 2023); ``activations`` holds each
+    prunable kernel's per-input squared norms. See :mod:`jaxprune.sparsity.wanda`."""
+    from jaxprune.sparsity.wanda import wanda_score as fn  # wanda imports select, which imports this module
+
+    return fn(params, masks, rng=rng, grads=grads, activations=activations)
+
+
+# SparseGPT is not a score (it also updates weights): see jaxprune.sparsity.sparsegpt.
+SCORES: dict[str, Callable[..., PyTree]] = {"magnitude": magnitude_score, "random": random_score,
+                                            "wanda": wanda_score}
 
 
 def compute_scores(name: str, params: PyTree, masks: PyTree, **ctx: Any) -> PyTree:
