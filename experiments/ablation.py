@@ -15,6 +15,7 @@ VARIANT                 what it varies (headline: iterative 5 x 10 %, 60 fine-tu
   layerwise             iterative 10 -> 50 % with a per-layer threshold instead of a global one
   nm                    2:4 (50 %) one-shot, 300 fine-tune steps
   neuron                structured: whole MLP neurons, one-shot 50 %, 300 fine-tune steps
+  head                  structured: whole attention heads, one-shot 50 %, 300 fine-tune steps
   unstructured_oneshot  same as oneshot (the unstructured row of the nm / neuron comparison)
   gradual               Zhu & Gupta cubic schedule to 50 % within 300 fine-tune steps
   random                iterative 10 -> 50 % with random scores (the baseline criterion)
@@ -67,6 +68,10 @@ def get_config(arg: str | None = None):
         c.finetune.steps = total
     elif variant == "neuron":
         c.pruning.pattern = "neuron"
+        c.pruning.rates = (0.5,)
+        c.finetune.steps = total
+    elif variant == "head":
+        c.pruning.pattern = "head"
         c.pruning.rates = (0.5,)
         c.finetune.steps = total
     elif variant == "gradual":

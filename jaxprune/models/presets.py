@@ -66,10 +66,33 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; params stay float32
     remat: bool = False
     attention_impl: str | None = None  # None lets XLA choose; "cudnn" on recent NVIDIA GPUs
+    # Per-layer widths of structurally pruned, compacted models (None = uniform d_ff / n_head).
+    # Head dim stays d_model // n_head, so layer i's attention is layer_n_head[i] * head_dim wide.
+    layer_d_ff: tuple[int, ...] | None = None
+    layer_n_head: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("layer_d_ff", "layer_n_head"):
+            v = getattr(self, name)
+            if v is not None:
+                v = tuple(int(x) for x in v)  # lists from JSON configs; tuples keep the config hashable
+                object.__setattr__(self, name, v)
+                if len(v) != self.n_layer or min(v) < 0:
+                    raise ValueError(f"{name} must give one width >= 0 per layer ({self.n_layer}), got {v}")
+        if self.layer_n_head is not None and self.arch == "llama":
+            raise ValueError("layer_n_head is only supported for arch='gpt2'")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    def ff_of(self, layer: int) -> int:
+        """MLP width of block `layer`."""
+        return self.d_ff if self.layer_d_ff is None else self.layer_d_ff[layer]
+
+    def heads_of(self, layer: int) -> int:
+        """Number of attention heads of block `layer`."""
+        return self.n_head if self.layer_n_head is None else self.layer_n_head[layer]
 
     @property
     def kv_heads(self) -> int:
@@ -97,12 +120,17 @@ def model_config_from_preset(name: str, **overrides: Any) -> ModelConfig:
 
 def param_count(cfg: ModelConfig) -> int:
     """Number of parameters (embeddings included, tied head counted once)."""
-    e, f, v, l = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_layer
+    e, v, l = cfg.d_model, cfg.vocab_size, cfg.n_layer
+    total = 0
+    for i in range(l):
+        f, a = cfg.ff_of(i), cfg.heads_of(i) * cfg.head_dim  # MLP width, attention width
+        if cfg.arch == "gpt2":
+            total += (e * 3 * a + 3 * a) + (a * e + e) + (e * f + f) + (f * e + e) + 4 * e
+        else:
+            kv = cfg.kv_heads * cfg.head_dim
+            total += e * a + 2 * e * kv + a * e + 3 * e * f + 2 * e
     if cfg.arch == "gpt2":
-        per_layer = (e * 3 * e + 3 * e) + (e * e + e) + (e * f + f) + (f * e + e) + 4 * e
         rest = v * e + cfg.max_len * e + 2 * e
     else:
-        kv = cfg.kv_heads * cfg.head_dim
-        per_layer = e * e + 2 * e * kv + e * e + 3 * e * f + 2 * e
         rest = v * e + e + (0 if cfg.tie_embeddings else v * e)
-    return l * per_layer + rest
+    return total + rest

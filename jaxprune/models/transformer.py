@@ -61,24 +61,28 @@ def rotary(x: jax.Array, theta: float) -> jax.Array:
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    layer: int = 0  # block index: picks this block's head count from cfg.layer_n_head
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.cfg
         b, t, e = x.shape
-        h, d, k = cfg.n_head, cfg.head_dim, cfg.kv_heads
+        h, d, k = cfg.heads_of(self.layer), cfg.head_dim, cfg.kv_heads
         if cfg.arch == "llama":
             q = _dense(h * d, ("embed", "heads"), "q_proj", cfg, False)(x).reshape(b, t, h, d)
             kk = _dense(k * d, ("embed", "kv_heads"), "k_proj", cfg, False)(x).reshape(b, t, k, d)
             v = _dense(k * d, ("embed", "kv_heads"), "v_proj", cfg, False)(x).reshape(b, t, k, d)
             q, kk = rotary(q, cfg.rope_theta), rotary(kk, cfg.rope_theta)
         else:
-            qkv = _dense(3 * e, ("embed", "qkv"), "c_attn", cfg, True)(x)  # (B, T, 3E)
+            qkv = _dense(3 * h * d, ("embed", "qkv"), "c_attn", cfg, True)(x)  # (B, T, 3HD); HD = E unless compacted
             q, kk, v = jnp.split(qkv.reshape(b, t, 3, h, d), 3, axis=2)  # each (B, T, 1, H, D)
             q, kk, v = q[:, :, 0], kk[:, :, 0], v[:, :, 0]  # (B, T, H, D)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", None))
-        y = jax.nn.dot_product_attention(q, kk, v, is_causal=True, implementation=cfg.attention_impl)
-        y = y.reshape(b, t, h * d)  # (B, T, E)
+        if h:
+            y = jax.nn.dot_product_attention(q, kk, v, is_causal=True, implementation=cfg.attention_impl)
+        else:  # a compacted block whose heads were all pruned: only c_proj's bias remains
+            y = q
+        y = y.reshape(b, t, h * d)  # (B, T, HD)
         name = "o_proj" if cfg.arch == "llama" else "c_proj"
         # GPT-2 scales residual projections by 1/sqrt(2 n_layer) at init.
         y = _dense(e, ("heads", "embed"), name, cfg, cfg.arch != "llama",
@@ -88,19 +92,21 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
     cfg: ModelConfig
+    layer: int = 0  # block index: picks this block's width from cfg.layer_d_ff
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.cfg
+        f = cfg.ff_of(self.layer)
         std_out = 0.02 / (2 * cfg.n_layer) ** 0.5
         if cfg.arch == "llama":
-            g = _dense(cfg.d_ff, ("embed", "mlp"), "gate_proj", cfg, False)(x)
-            u = _dense(cfg.d_ff, ("embed", "mlp"), "up_proj", cfg, False)(x)
+            g = _dense(f, ("embed", "mlp"), "gate_proj", cfg, False)(x)
+            u = _dense(f, ("embed", "mlp"), "up_proj", cfg, False)(x)
             hdn = nn.silu(g) * u  # (B, T, F)
             hdn = nn.with_logical_constraint(hdn, ("batch", "length", "act_mlp"))
             y = _dense(cfg.d_model, ("mlp", "embed"), "down_proj", cfg, False, std=std_out)(hdn)
         else:
-            hdn = nn.gelu(_dense(cfg.d_ff, ("embed", "mlp"), "c_fc", cfg, True)(x), approximate=True)
+            hdn = nn.gelu(_dense(f, ("embed", "mlp"), "c_fc", cfg, True)(x), approximate=True)
             hdn = nn.with_logical_constraint(hdn, ("batch", "length", "act_mlp"))
             y = _dense(cfg.d_model, ("mlp", "embed"), "c_proj", cfg, True, std=std_out)(hdn)
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
@@ -108,11 +114,12 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     cfg: ModelConfig
+    layer: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        x = x + Attention(self.cfg, name="attn")(_norm(self.cfg, "ln_1")(x), deterministic)
-        x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x), deterministic)
+        x = x + Attention(self.cfg, self.layer, name="attn")(_norm(self.cfg, "ln_1")(x), deterministic)
+        x = x + MLP(self.cfg, self.layer, name="mlp")(_norm(self.cfg, "ln_2")(x), deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
@@ -137,7 +144,7 @@ class Transformer(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
         for i in range(cfg.n_layer):
-            x = block(cfg, name=f"h_{i}")(x, deterministic)
+            x = block(cfg, i, name=f"h_{i}")(x, deterministic)
         x = _norm(cfg, "ln_f")(x)
         if cfg.tie_embeddings:
             logits = wte.attend(x)  # (B, T, V)
