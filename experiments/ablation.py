@@ -19,6 +19,8 @@ VARIANT                 what it varies (headline: iterative 5 x 10 %, 60 fine-tu
   unstructured_oneshot  same as oneshot (the unstructured row of the nm / neuron comparison)
   gradual               Zhu & Gupta cubic schedule to 50 % within 300 fine-tune steps
   random                iterative 10 -> 50 % with random scores (the baseline criterion)
+  calib=<m>[_nm]        one-shot 50 % (or 2:4 with _nm) without fine-tuning by method <m>: magnitude, wanda
+                        or sparsegpt (e.g. calib=wanda, calib=sparsegpt_nm)
 
 Override the source with --config.model.init_path=runs/OTHER/dense (and data.tokenizer,
 data.cache_dir) to ablate another dense model.
@@ -78,6 +80,12 @@ def get_config(arg: str | None = None):
         c.pruning.schedule = "gradual"
         c.pruning.rates = (0.5,)
         c.finetune.steps = total
+    elif variant == "calib":  # calib=METHOD or calib=METHOD_nm: one-shot 50 % / 2:4, no fine-tuning
+        method, _, nm = value.partition("_")
+        c.pruning.method = method
+        c.pruning.pattern = "nm" if nm == "nm" else "unstructured"
+        c.pruning.rates = (0.5,)
+        c.finetune.steps = 0
     elif variant == "random":
         c.pruning.method = "random"
     else:

@@ -117,3 +117,39 @@ def test_report_renders_from_fixture(tmp_path):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     csv_lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 4 and csv_lines[0].startswith("run,stage,kind,target_sparsity,sparsity")
+
+
+@pytest.mark.parametrize("variant", [
+    "oneshot", "unstructured_oneshot", "no_finetune", "sweep", "sweep_no_finetune", "lr=1e-4", "layerwise", "nm",
+    "neuron", "head", "gradual", "random", "calib=wanda", "calib=sparsegpt_nm", "calib=magnitude"])
+def test_every_ablation_variant_is_a_valid_config(variant, data_dir, tmp_path):
+    """Each ablation is one command: its config must pass validation (given the headline's dense run)."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    from jaxprune.config import validate
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "experiments" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(variant)
+    (tmp_path / "dense" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    c.model.init_path = str(tmp_path / "dense")
+    c.data.tokenizer = str(tmp_path / "tokenizer.json")
+    c.data.data_dir = str(data_dir)
+    validate(c)
+    assert c.model.init == "checkpoint"
+
+
+def test_unknown_ablation_variant_is_refused():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "experiments" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match="unknown ablation variant 'bogus'"):
+        module.get_config("bogus")

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Copies the small result files of finished runs into experiments/results/ and renders the reports.
+# Usage: bash experiments/collect.sh   (from the repository root, after the runs in experiments/README.md)
+set -euo pipefail
+out=experiments/results
+for run in gpt_lambada ablation_oneshot ablation_no_finetune ablation_sweep_no_finetune smollm2_quick; do
+  [ -f "runs/$run/results.jsonl" ] || continue
+  mkdir -p "$out/$run"
+  cp "runs/$run/results.jsonl" "runs/$run/config.json" "$out/$run/"
+  [ -f "runs/$run/metrics.jsonl" ] && cp "runs/$run/metrics.jsonl" "$out/$run/"
+  [ -d "runs/$run/eval" ] && cp -r "runs/$run/eval" "$out/$run/"
+  python -m jaxprune.report "runs/$run" --out "$out/$run" > /dev/null
+done
+# the paper's comparisons side by side
+python -m jaxprune.report runs/gpt_lambada runs/ablation_oneshot --out "$out/iterative_vs_oneshot" > /dev/null
+python -m jaxprune.report runs/gpt_lambada runs/ablation_no_finetune --out "$out/finetune_vs_none" > /dev/null
+echo "written under $out"
