@@ -21,6 +21,7 @@ VARIANT                 what it varies (headline: iterative 5 x 10 %, 60 fine-tu
   random                iterative 10 -> 50 % with random scores (the baseline criterion)
   calib=<m>[_nm]        one-shot 50 % (or 2:4 with _nm) without fine-tuning by method <m>: magnitude, wanda
                         or sparsegpt (e.g. calib=wanda, calib=sparsegpt_nm)
+  calibft=<m>[_nm]      the same followed by 60 fine-tuning steps (and the dense control with the same steps)
 
 Override the source with --config.model.init_path=runs/OTHER/dense (and data.tokenizer,
 data.cache_dir) to ablate another dense model.
@@ -80,12 +81,12 @@ def get_config(arg: str | None = None):
         c.pruning.schedule = "gradual"
         c.pruning.rates = (0.5,)
         c.finetune.steps = total
-    elif variant == "calib":  # calib=METHOD or calib=METHOD_nm: one-shot 50 % / 2:4, no fine-tuning
+    elif variant in ("calib", "calibft"):  # calib[ft]=METHOD[_nm]: one-shot 50 % / 2:4, without [with] fine-tuning
         method, _, nm = value.partition("_")
         c.pruning.method = method
         c.pruning.pattern = "nm" if nm == "nm" else "unstructured"
         c.pruning.rates = (0.5,)
-        c.finetune.steps = 0
+        c.finetune.steps = 60 if variant == "calibft" else 0
     elif variant == "random":
         c.pruning.method = "random"
     else:

@@ -121,7 +121,8 @@ def test_report_renders_from_fixture(tmp_path):
 
 @pytest.mark.parametrize("variant", [
     "oneshot", "unstructured_oneshot", "no_finetune", "sweep", "sweep_no_finetune", "lr=1e-4", "layerwise", "nm",
-    "neuron", "head", "gradual", "random", "calib=wanda", "calib=sparsegpt_nm", "calib=magnitude"])
+    "neuron", "head", "gradual", "random", "calib=wanda", "calib=sparsegpt_nm", "calib=magnitude",
+    "calibft=sparsegpt"])
 def test_every_ablation_variant_is_a_valid_config(variant, data_dir, tmp_path):
     """Each ablation is one command: its config must pass validation (given the headline's dense run)."""
     import importlib.util
