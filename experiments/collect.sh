@@ -3,7 +3,9 @@
 # Usage: bash experiments/collect.sh   (from the repository root, after the runs in experiments/README.md)
 set -euo pipefail
 out=experiments/results
-for run in gpt_lambada ablation_oneshot ablation_no_finetune ablation_sweep_no_finetune smollm2_quick; do
+for run in gpt_lambada ablation_oneshot ablation_no_finetune ablation_sweep_no_finetune smollm2_quick \
+    calib_magnitude calib_wanda calib_sparsegpt calib_magnitude_nm calib_wanda_nm calib_sparsegpt_nm \
+    calibft_magnitude calibft_wanda calibft_sparsegpt calibft_magnitude_nm calibft_wanda_nm calibft_sparsegpt_nm; do
   [ -f "runs/$run/results.jsonl" ] || continue
   mkdir -p "$out/$run"
   cp "runs/$run/results.jsonl" "runs/$run/config.json" "$out/$run/"
@@ -14,4 +16,8 @@ done
 # the paper's comparisons side by side
 python -m jaxprune.report runs/gpt_lambada runs/ablation_oneshot --out "$out/iterative_vs_oneshot" > /dev/null
 python -m jaxprune.report runs/gpt_lambada runs/ablation_no_finetune --out "$out/finetune_vs_none" > /dev/null
+calib=$(ls -d runs/calib_* 2>/dev/null || true)
+[ -n "$calib" ] && python -m jaxprune.report $calib --out "$out/calibration_book_gpt" > /dev/null
+calibft=$(ls -d runs/calibft_* 2>/dev/null || true)
+[ -n "$calibft" ] && python -m jaxprune.report $calibft --out "$out/calibration_book_gpt_finetuned" > /dev/null
 echo "written under $out"
