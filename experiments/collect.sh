@@ -16,8 +16,8 @@ done
 # the paper's comparisons side by side
 python -m jaxprune.report runs/gpt_lambada runs/ablation_oneshot --out "$out/iterative_vs_oneshot" > /dev/null
 python -m jaxprune.report runs/gpt_lambada runs/ablation_no_finetune --out "$out/finetune_vs_none" > /dev/null
-calib=$(ls -d runs/calib_* 2>/dev/null || true)
+calib=$(ls -d runs/calib_*/ 2>/dev/null || true)
 [ -n "$calib" ] && python -m jaxprune.report $calib --out "$out/calibration_book_gpt" > /dev/null
-calibft=$(ls -d runs/calibft_* 2>/dev/null || true)
+calibft=$(ls -d runs/calibft_*/ 2>/dev/null || true)
 [ -n "$calibft" ] && python -m jaxprune.report $calibft --out "$out/calibration_book_gpt_finetuned" > /dev/null
 echo "written under $out"
