@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from jaxprune.training.checkpoint import Checkpointer, abstract_like
@@ -226,7 +225,3 @@ def final_state(directory: Path, abstract_state: Any, meta: dict | None = None) 
     state, _ = ckpt.restore(latest, abstract_state, expect_meta=meta)
     ckpt.close()
     return state
-
-
-def to_numpy_tree(tree: Any) -> Any:
-    return jax.tree.map(np.asarray, tree)
