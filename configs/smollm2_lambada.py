@@ -9,6 +9,13 @@ training novels and evaluates held-out perplexity on the validation novels and L
 The tokenizer is the GGUF's own (49152 tokens). `:quick` shrinks it to a CPU smoke run
 (100 LAMBADA examples, a few fine-tuning steps). The file's path can be given with
 --config.model.init_path=PATH.
+
+`:calibft=METHOD[_nm]` (METHOD: magnitude, wanda, sparsegpt) is the calibration comparison
+sized for a CPU: one-shot 50 % (or 2:4 with _nm) with 128 calibration windows of 256 tokens,
+evaluated right after pruning and again after a short fine-tune (20 steps x 8 x 256 tokens),
+on the books validation windows, WikiText-2 test, the books test split and LAMBADA. Only
+`calibft=magnitude` also trains the dense control (the others share its batches and seeds,
+so one control serves all six runs).
 """
 
 from pathlib import Path
@@ -44,7 +51,30 @@ def get_config(arg: str | None = None):
     c.eval.heldout_batches = 16
     c.checkpoint.every_steps = 50
 
-    if arg == "quick":  # CPU smoke run
+    variant, _, value = (arg or "").partition("=")
+    if variant == "calibft":
+        method, _, nm = value.partition("_")
+        c.model.max_len = 256
+        c.data.max_train_bytes = 5_000_000
+        c.pruning.rates = (0.5,)
+        c.pruning.method = method
+        c.pruning.pattern = "nm" if nm == "nm" else "unstructured"
+        c.pruning.scope = "layerwise"  # magnitude per layer, as Wanda and SparseGPT are
+        c.pruning.calibration_samples = 128
+        c.finetune.steps = 20
+        c.finetune.batch_size = 8
+        c.finetune.lr = 5e-5
+        c.finetune.warmup_steps = 2
+        c.finetune.log_every = 2
+        c.finetune.control = value == "magnitude"
+        c.eval.tasks = ("heldout", "wikitext2", "books_test", "lambada")
+        c.eval.before_finetune = True
+        c.eval.max_examples = 200
+        c.eval.batch_size = 8
+        c.eval.heldout_batches = 4
+        c.eval.ppl_windows = 32
+        c.checkpoint.every_steps = 10
+    elif arg == "quick":  # CPU smoke run
         c.model.max_len = 128
         c.data.max_train_bytes = 2_000_000
         c.data.max_eval_bytes = 300_000
@@ -56,4 +86,6 @@ def get_config(arg: str | None = None):
         c.eval.batch_size = 8
         c.eval.heldout_batches = 4
         c.checkpoint.every_steps = 4
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}: use quick or calibft=METHOD[_nm]")
     return c

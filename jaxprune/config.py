@@ -16,7 +16,7 @@ from ml_collections import config_dict
 from jaxprune.models.presets import ModelConfig, get_preset, model_config_from_preset, preset_names
 
 DATA_DIR_ENV = "JAXPRUNE_DATA_DIR"
-EVAL_TASKS = ("heldout", "lambada", "hellaswag", "storycloze", "nq_open", "webquestions", "triviaqa")
+EVAL_TASKS = ("heldout", "wikitext2", "books_test", "lambada", "hellaswag", "storycloze", "nq_open", "webquestions", "triviaqa")
 DATA_SOURCES = ("books", "tinyshakespeare", "wikitext2", "files")
 SCORE_METHODS = ("magnitude", "random", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")  # need calibration data; per-layer, pattern unstructured or nm
@@ -110,6 +110,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.max_examples = 0  # per task (0 = all), for quick runs
     c.eval.batch_size = 32
     c.eval.heldout_batches = 20  # batches of held-out text for perplexity (0 = all)
+    c.eval.ppl_windows = 0  # wikitext2 / books_test: evenly spaced windows of model.max_len tokens (0 = all)
+    c.eval.before_finetune = False  # pruned stages: also evaluate right after pruning, before fine-tuning
 
     # --- device mesh (jax.jit + NamedSharding) --------------------------------
     c.mesh = ml_collections.ConfigDict()
@@ -156,6 +158,7 @@ REQUIRED_FILES = {
     "books": ["books/splits.json"],
     "tinyshakespeare": ["tinyshakespeare/input.txt"],
     "wikitext2": ["wikitext-2/valid.txt", "wikitext-2/test.txt"],
+    "books_test": ["books/splits.json"],
     "lambada": ["lambada/lambada_test.jsonl"],
     "hellaswag": ["hellaswag/hellaswag_val_full.txt.bz2"],
     "storycloze": ["storycloze/cloze_test_val__spring2016.csv", "storycloze/cloze_test_test__spring2016.csv"],
@@ -269,8 +272,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if t not in EVAL_TASKS:
             add(f"eval.tasks: unknown task {t!r}; known tasks: {', '.join(EVAL_TASKS)}")
     if config.eval.shots < 0 or config.eval.max_examples < 0 or config.eval.batch_size <= 0 \
-            or config.eval.heldout_batches < 0:
-        add("eval.shots, max_examples and heldout_batches must be >= 0 and batch_size > 0")
+            or config.eval.heldout_batches < 0 or config.eval.ppl_windows < 0:
+        add("eval.shots, max_examples, heldout_batches and ppl_windows must be >= 0 and batch_size > 0")
 
     # mesh
     sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]

@@ -40,6 +40,7 @@ from jaxprune.training.state import TrainState, create_state
 from jaxprune.training.step import make_eval_step, make_optimizer, make_train_step
 
 RESULTS = "results.jsonl"
+BEFORE_FINETUNE = "before_finetune.json"  # metrics of a pruned stage before its fine-tuning (eval.before_finetune)
 CALIBRATION_KEYS = ("calibration_samples", "calibration_batch", "sparsegpt_blocksize", "sparsegpt_damp")
 
 
@@ -168,6 +169,7 @@ class Experiment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.digest = config_digest(config)
         self.read_only = read_only
+        self.prune_seconds: dict[str, float] = {}
         if not read_only:
             workdir_lock.check(self.workdir)  # refuse early; run() takes the lock
         self._check_workdir()
@@ -220,8 +222,12 @@ class Experiment:
         if tasks:
             from jaxprune.config import REQUIRED_FILES
             from jaxprune.data.tasks import load_task
+            from jaxprune.evaluation.perplexity import CORPORA, load_corpus_texts
             d = data_dir(self.config)
             for name in tasks:
+                if name in CORPORA:
+                    load_corpus_texts(name, d)
+                    continue
                 try:
                     load_task(name, d)
                 except UnicodeDecodeError as e:  # the task readers do not name the file for these: find it
@@ -305,8 +311,9 @@ class Experiment:
                 jax.device_put(masks, parallel.mask_shardings(masks, self.param_sh)))
 
     # -- evaluation ----------------------------------------------------------
-    def evaluate(self, params, tag: str = "tasks") -> dict:
-        """Held-out loss/perplexity (always: it is the pipeline's primary metric) plus every configured task."""
+    def evaluate(self, params, tag: str = "tasks", out_dir: Path | None = None) -> dict:
+        """Held-out loss/perplexity (always: it is the pipeline's primary metric) plus every configured task;
+        task tables go to OUT_DIR/eval/<tag>.{md,json} (default: the workdir)."""
         metrics: dict[str, float] = {}
         nll = tokens = 0.0
         for b in self.heldout:
@@ -320,7 +327,7 @@ class Experiment:
             from jaxprune.evaluation import harness
             metrics.update(harness.evaluate_tasks(
                 tasks, self.model, params, self.tokenizer, self.config.eval, data_dir(self.config),
-                out_dir=self.workdir if parallel.is_primary() else None, tag=tag,
+                out_dir=(out_dir or self.workdir) if parallel.is_primary() else None, tag=tag,
                 apply_fn=ModuleApply(self.model, self.batch_sh)))
         return metrics
 
@@ -386,7 +393,9 @@ class Experiment:
                                 out_shardings=jax.tree.map(lambda a: a.sharding, abstract.masks))(params)
             if not stage.gradual:
                 rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1000 + stage.index))
-                params, masks = self.prune(params, masks, stage.rate, rng)
+                t0 = time.perf_counter()
+                params, masks = jax.block_until_ready(self.prune(params, masks, stage.rate, rng))
+                self.prune_seconds[stage.name] = time.perf_counter() - t0
                 check_no_empty_layers(masks, f"stage {stage.name} (rate {stage.rate})")
             params = sparsity.apply_masks(params, masks)
         seed = self.config.seed + 7919 * stage.index + (0 if stage.kind == "pruned" else 104729)
@@ -414,6 +423,8 @@ class Experiment:
         phase_cfg = self._phase_cfg(stage)
         abstract = self._abstract_state(stage, masked=stage.kind == "pruned")
         init = self._init_dense if stage.kind == "dense" else (lambda: self._init_stage(stage))
+        if self._evaluates_before_finetune(stage):
+            init = self._with_before_finetune_eval(stage, init)
         phase = Phase(
             name=stage.name, directory=self.workdir / stage.name, steps=stage.steps,
             train_step=self._train_step(stage, abstract), batch_at=self._batches(stage),
@@ -424,7 +435,33 @@ class Experiment:
             meta={"digest": self.digest}, progress=self.progress)
         state = run_phase(phase, init)
         metrics = self.evaluate(state.params, tag=stage.name)
-        return self._result_row(stage, state, metrics, time.time() - t0)
+        row = self._result_row(stage, state, metrics, time.time() - t0)
+        if stage.name in self.prune_seconds:  # wall time of scoring + selection (+ calibration), compile included
+            row["prune_seconds"] = round(self.prune_seconds[stage.name], 2)
+        if self._evaluates_before_finetune(stage):
+            row["metrics_before_finetune"] = json.loads((self.workdir / stage.name / BEFORE_FINETUNE).read_text())
+        return row
+
+    def _evaluates_before_finetune(self, stage: Stage) -> bool:
+        return bool(self.config.eval.get("before_finetune", False)) and stage.kind == "pruned" \
+            and stage.steps > 0 and not stage.gradual
+
+    def _with_before_finetune_eval(self, stage: Stage, init):
+        """`init` followed by an evaluation of the freshly pruned model, saved once in STAGE/before_finetune.json
+        (a resumed stage prunes again to the same model and finds the file)."""
+        path = self.workdir / stage.name / BEFORE_FINETUNE
+
+        def init_and_evaluate() -> TrainState:
+            state = init()
+            if not path.is_file():
+                metrics = self.evaluate(state.params, tag=f"{stage.name}_before_finetune")
+                if parallel.is_primary():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(path.name + ".tmp")
+                    tmp.write_text(json.dumps(metrics))
+                    tmp.replace(path)
+            return state
+        return init_and_evaluate
 
     def _result_row(self, stage: Stage, state: TrainState, metrics: dict, wall: float) -> dict:
         params = state.params  # counted on device: they may be sharded over hosts

@@ -18,7 +18,7 @@ from pathlib import Path
 
 # Lower is better for these; higher for everything else (accuracies, exact match).
 LOWER_IS_BETTER = ("loss", "ppl")
-SKIP = ("_n", "_tokens")
+SKIP = ("_n", "_tokens", "_windows")
 
 
 def load_run(workdir: Path) -> list[dict]:
@@ -69,9 +69,24 @@ def _delta(a: float | None, b: float | None) -> str:
     return f"{a - b:+.4g}"
 
 
+def with_before_finetune(rows: list[dict]) -> list[dict]:
+    """Rows plus, ahead of each pruned row evaluated before its fine-tuning (eval.before_finetune), a row
+    `STAGE@0` for that evaluation: sparsity as the stage, fine-tuning steps as the stage had before it."""
+    out = []
+    for r in rows:
+        if "metrics_before_finetune" in r:
+            before = dict(r, stage=f"{r['stage']}@0", metrics=r["metrics_before_finetune"])
+            before["cumulative_finetune_steps"] = r.get("cumulative_finetune_steps", 0) - r.get("finetune_steps", 0)
+            del before["metrics_before_finetune"]
+            out.append(before)
+        out.append(r)
+    return out
+
+
 def table_rows(runs: dict[str, list[dict]], metrics: list[str]) -> list[dict]:
     out = []
     for run, rows in runs.items():
+        rows = with_before_finetune(rows)
         dense = next((r for r in rows if r["kind"] == "dense"), None)
         for r in rows:
             ctrl = control_for(r, rows)

@@ -41,6 +41,7 @@ def finished_run(tmp_path_factory, data_dir, shared_tokenizer, token_cache):
     from conftest import tiny_config
 
     config = tiny_config(data_dir, shared_tokenizer, token_cache)
+    config.eval.before_finetune = True
     workdir = tmp_path_factory.mktemp("run")
     rows = experiment.run(config, workdir, progress=False)
     return config, workdir, rows
@@ -60,6 +61,7 @@ def test_results_rows_have_every_field_and_exact_sparsity(finished_run):
         assert r["sparsity"] == pytest.approx(expected_zeros / prunable, abs=1e-12)
         assert r["nonzero_params"] == r["total_params"] - expected_zeros
     assert rows[1]["finetune_steps"] == 10 and rows[1]["finetune_tokens"] == 10 * 8 * 64
+    assert [("prune_seconds" in r) for r in rows] == [False, True, False, True, False]
     assert rows[3]["cumulative_finetune_steps"] == rows[4]["cumulative_finetune_steps"] == 20
     # global magnitude: layers end up at different sparsities, averaging to the target
     layer = rows[3]["layer_sparsity"]
@@ -82,6 +84,26 @@ def test_pruned_masks_are_nested_and_weights_exactly_zero(finished_run):
         if path in flat_m:
             assert np.all(p[~flat_m[path]] == 0.0)
     assert all(m is None for m in jax.tree.leaves(states["control_2"].masks, is_leaf=lambda x: x is None))
+
+
+def test_before_finetune_metrics_equal_a_run_without_finetuning(finished_run, tmp_path):
+    config, workdir, rows = finished_run
+    assert [("metrics_before_finetune" in r) for r in rows] == [False, True, False, True, False]
+    before = rows[1]["metrics_before_finetune"]
+    assert before.keys() == rows[1]["metrics"].keys()
+    assert before["heldout_ppl"] != rows[1]["metrics"]["heldout_ppl"]  # fine-tuning changed the model
+    # the same dense model pruned to the same rate and not fine-tuned at all
+    other = config.copy_and_resolve_references()
+    other.model.init, other.model.init_path = "checkpoint", str(workdir / "dense")
+    other.pruning.rates, other.finetune.steps = (0.3,), 0
+    no_ft = experiment.run(other, tmp_path, progress=False)
+    assert no_ft[1]["stage"] == "prune_1" and "metrics_before_finetune" not in no_ft[1]
+    assert no_ft[1]["metrics"]["heldout_ppl"] == pytest.approx(before["heldout_ppl"], rel=1e-6)
+    table = report.table_rows({"run": rows}, ["heldout_ppl"])
+    assert [r["stage"] for r in table] == ["dense", "prune_1@0", "prune_1", "control_1", "prune_2@0", "prune_2",
+                                           "control_2"]
+    assert table[1]["heldout_ppl"] == before["heldout_ppl"] and table[1]["finetune_steps"] == 0
+    assert table[4]["finetune_steps"] == 10 and table[5]["heldout_ppl vs control"] != ""
 
 
 def test_rerun_of_a_finished_run_changes_nothing(finished_run):
@@ -154,3 +176,27 @@ def test_unknown_ablation_variant_is_refused():
     spec.loader.exec_module(module)
     with pytest.raises(ValueError, match="unknown ablation variant 'bogus'"):
         module.get_config("bogus")
+
+
+def test_evaluate_cli_scores_finished_checkpoints(finished_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config, workdir, rows = finished_run
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "jaxprune.evaluate", "--config=tests/tiny_config.py", f"--workdir={workdir}",
+           f"--config.data.data_dir={config.data.data_dir}", f"--config.data.tokenizer={config.data.tokenizer}",
+           f"--config.data.cache_dir={config.data.cache_dir}", "--config.eval.tasks=('wikitext2',)",
+           "--config.eval.ppl_windows=8", f"--out={tmp_path}"]
+    bad = subprocess.run(cmd + ["--stages=dense,prune_9"], cwd=root, capture_output=True, text=True)
+    assert bad.returncode != 0 and "no stage 'prune_9'" in bad.stderr
+    assert not (tmp_path / "eval").exists()
+    ok = subprocess.run(cmd + ["--stages=dense,prune_2"], cwd=root, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "eval" / "evaluations.jsonl").read_text().splitlines()]
+    assert [x["stage"] for x in lines] == ["dense", "prune_2"]
+    for x, r in zip(lines, (rows[0], rows[3])):  # the restored checkpoints are the evaluated models
+        assert x["metrics"]["heldout_ppl"] == pytest.approx(r["metrics"]["heldout_ppl"], rel=1e-6)
+        assert x["metrics"]["wikitext2_windows"] == 8
+    assert (tmp_path / "eval" / "prune_2.md").is_file()

@@ -12,6 +12,8 @@ Metrics (flat, one dict for all tasks):
   <qa>_em       exact match of the greedy answer (up to the first newline) against any
                 alias, after metrics.normalize_answer (nq_open, webquestions, triviaqa)
   <task>_n      examples evaluated
+  <corpus>_ppl  perplexity of a whole text (wikitext2, books_test; see evaluation.perplexity),
+                with <corpus>_loss, <corpus>_tokens (predicted tokens) and <corpus>_windows
 Side effects (reading data files, writing OUT_DIR/eval/<tag>.{md,json}) stay in
 `evaluate_tasks`; everything it calls on scores is pure.
 """
@@ -31,6 +33,7 @@ from tokenizers import Tokenizer
 
 from jaxprune.data.tasks import TaskData, load_task
 from jaxprune.evaluation import metrics as M
+from jaxprune.evaluation import perplexity
 from jaxprune.evaluation import prompts as P
 from jaxprune.evaluation.scoring import ApplyFn, Loglikelihood, ModuleApply, generate, loglikelihood
 
@@ -174,6 +177,16 @@ def evaluate_tasks(tasks: Sequence[str], model: Any, params: Any, tokenizer: Tok
         if name == "heldout":
             continue
         t0 = time.time()
+        if name in perplexity.CORPORA:
+            tokens, source = perplexity.load_corpus_tokens(name, tokenizer, data_dir)
+            m = perplexity.corpus_perplexity(apply_fn, params, tokens, max_len=max_len,
+                                             batch_size=int(eval_cfg.batch_size),
+                                             max_windows=int(eval_cfg.get("ppl_windows", 0)),
+                                             batch_sharding=getattr(apply_fn, "batch_sharding", None))
+            m["n"] = m["windows"]
+            rows.append(dict(m, task=name, shots=0, seconds=time.time() - t0, source=source))
+            flat.update({f"{name}_{k}": v for k, v in m.items() if k != "n"})
+            continue
         data = load_task(name, data_dir)
         m = evaluate_task(data, apply_fn, params, tokenizer, max_len=max_len, shots=int(eval_cfg.shots),
                           max_examples=int(eval_cfg.max_examples), batch_size=int(eval_cfg.batch_size))
