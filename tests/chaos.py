@@ -96,6 +96,7 @@ def rows(workdir: Path) -> list[dict]:
     out = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
     for r in out:
         r.pop("wall_time_s", None)
+        r.pop("prune_seconds", None)
     return out
 
 

@@ -345,6 +345,7 @@ def _rows(workdir: Path) -> list[dict]:
     rows = [json.loads(l) for l in (workdir / "results.jsonl").read_text().splitlines()]
     for r in rows:
         r.pop("wall_time_s")
+        r.pop("prune_seconds", None)  # timings differ between runs
     return rows
 
 

@@ -113,6 +113,7 @@ def test_kill_9_and_rerun_is_bit_identical(make_config, data_dir, shared_tokeniz
         out = [json.loads(l) for l in (w / "results.jsonl").read_text().splitlines()]
         for r in out:
             r.pop("wall_time_s")
+            r.pop("prune_seconds", None)  # timings differ between runs
         return out
 
     assert [r["stage"] for r in rows(ref)] == ["dense", "prune_1", "control_1", "prune_2", "control_2"]
