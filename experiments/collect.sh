@@ -14,6 +14,7 @@ for run in gpt_lambada ablation_oneshot ablation_no_finetune ablation_sweep_no_f
   [ -f "runs/$run/metrics.jsonl" ] && cp "runs/$run/metrics.jsonl" "$out/$run/"
   [ -d "runs/$run/eval" ] && cp -r "runs/$run/eval" "$out/$run/"
   [ -d "runs/$run/test_sets" ] && cp -r "runs/$run/test_sets" "$out/$run/"  # experiments/calibration/evaluate_book_gpt.sh
+  [ -d "runs/$run/wikitext2_full" ] && cp -r "runs/$run/wikitext2_full" "$out/$run/"  # the whole WikiText-2 test set
   python -m jaxprune.report "runs/$run" --out "$out/$run" > /dev/null
 done
 # the paper's comparisons side by side

@@ -61,7 +61,7 @@ def table(runs: list[Path]) -> str:
                 continue
             seen.add(key)
             cells = [label, what, f"{r['sparsity']:.4f}"] + [_fmt(m.get(k)) for k, _ in COLUMNS]
-            cells.append(_fmt(r.get("prune_seconds")) if what != "—" and "control" not in label else "—")
+            cells.append(_fmt(r.get("prune_seconds")) if what == "no fine-tune" else "")  # one prune per model
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
