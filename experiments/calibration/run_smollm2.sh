@@ -7,6 +7,6 @@ export JAXPRUNE_DATA_DIR=${JAXPRUNE_DATA_DIR:-../shared/data}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxprune_xla_cache}  # reuse compiles across runs
 for v in magnitude sparsegpt wanda sparsegpt_nm wanda_nm magnitude_nm; do
   python -m jaxprune.main --config="configs/smollm2_lambada.py:calibft=$v" --workdir="runs/smollm2_calibft_$v" \
-    > "runs/smollm2_calibft_$v.log" 2>&1
+    >> "runs/smollm2_calibft_$v.log" 2>&1
 done
 python experiments/calibration/table.py runs/smollm2_calibft_{magnitude,magnitude_nm,wanda,wanda_nm,sparsegpt,sparsegpt_nm}
