@@ -31,6 +31,7 @@ from jaxprune import workdir as workdir_lock
 from jaxprune.config import CALIBRATED_METHODS, data_dir, model_config, validate
 from jaxprune.data import corpus
 from jaxprune.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from jaxprune.evaluation.harness import write_text_atomic
 from jaxprune.evaluation.scoring import ModuleApply
 from jaxprune.models import build_model, init_params, logical_axes
 from jaxprune.sparsity.masks import leaves_with_paths
@@ -211,10 +212,8 @@ class Experiment:
                 raise ValueError(f"{self.workdir} holds a run with a different config (digest "
                                  f"{saved.get('digest')} vs {self.digest}); use a new --workdir")
         else:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"digest": self.digest, "config": json.loads(
+            write_text_atomic(path, json.dumps({"digest": self.digest, "config": json.loads(
                 self.config.to_json_best_effort())}, indent=1))
-            tmp.replace(path)
 
     def _check_task_data(self) -> None:
         """Reads every configured evaluation task now, so a broken file fails before any compute."""
@@ -456,10 +455,7 @@ class Experiment:
             if not path.is_file():
                 metrics = self.evaluate(state.params, tag=f"{stage.name}_before_finetune")
                 if parallel.is_primary():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(path.name + ".tmp")
-                    tmp.write_text(json.dumps(metrics))
-                    tmp.replace(path)
+                    write_text_atomic(path, json.dumps(metrics))
             return state
         return init_and_evaluate
 

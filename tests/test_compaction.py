@@ -12,7 +12,7 @@ from jaxprune.config import default_config
 from jaxprune.models import build_model, init_params, param_count
 from jaxprune.models.compact import compact_model, prune_structured
 from jaxprune.models.presets import ModelConfig
-from jaxprune.sparsity.compact import group_keep, gpt2_head_groups_by_dim
+from jaxprune.sparsity.compact import group_keep
 from jaxprune.training.checkpoint import Checkpointer, abstract_like
 from jaxprune.training.state import create_state
 from jaxprune.training.step import make_optimizer, make_train_step
@@ -39,7 +39,7 @@ def params():
 def _masks_from_keeps(params, neuron_keep, head_keep, sides=("in", "out")):
     """Masks pruning whole groups (kept = True); `sides` picks which kernels are masked."""
     masks = sparsity.create_masks(params)
-    specs = list(sparsity.gpt2_neuron_groups(params)) + list(gpt2_head_groups_by_dim(params, D))
+    specs = list(sparsity.gpt2_neuron_groups(params)) + list(sparsity.gpt2_head_groups(params, head_dim=D))
     keeps = [jnp.asarray(k) for k in list(neuron_keep) + list(head_keep)]
     for spec, keep in zip(specs, keeps):
         mems = [spec.members[0]] * ("in" in sides) + [spec.members[-1]] * ("out" in sides)

@@ -328,3 +328,13 @@ def test_scores_registry():
         SC.compute_scores("random", params, masks)
     with pytest.raises(ValueError):
         SC.compute_scores("wanda", params, masks)
+
+
+def test_head_groups_by_count_and_by_head_dim_agree():
+    params = gpt2_params(0)
+    assert G.gpt2_head_groups(params, H) == G.gpt2_head_groups(params, head_dim=E // H)
+    assert G.gpt2_head_groups(params, H, include_bias=True) == \
+        G.gpt2_head_groups(params, include_bias=True, head_dim=E // H)
+    for bad in ({}, {"n_head": H, "head_dim": E // H}):
+        with pytest.raises(ValueError, match="exactly one of n_head and head_dim"):
+            G.gpt2_head_groups(params, **bad)

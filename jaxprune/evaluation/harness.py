@@ -146,7 +146,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it: a kill leaves the old file or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -194,8 +195,8 @@ def evaluate_tasks(tasks: Sequence[str], model: Any, params: Any, tokenizer: Tok
         flat.update({f"{name}_{k}": v for k, v in m.items()})
     if out_dir is not None and rows:
         out = Path(out_dir) / "eval"
-        _write_atomic(out / f"{tag}.md", format_table(rows))
-        _write_atomic(out / f"{tag}.json", json.dumps(
+        write_text_atomic(out / f"{tag}.md", format_table(rows))
+        write_text_atomic(out / f"{tag}.json", json.dumps(
             {"tag": tag, "max_len": max_len, "max_examples": int(eval_cfg.max_examples),
              "batch_size": int(eval_cfg.batch_size), "tasks": rows, "metrics": flat}, indent=1))
     return flat

@@ -25,6 +25,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from jaxprune.data import corpus
+from jaxprune.data.tokenizer import fingerprint
 from jaxprune.evaluation.scoring import ApplyFn, _fetch, _put
 
 # task name -> (corpus source, split, TFDS dataset for users without the data directory or None)
@@ -93,7 +94,14 @@ def load_corpus_texts(name: str, data_dir: str | Path | None) -> tuple[list[str]
     return corpus.load_texts(source, split, Path(data_dir)), f"{data_dir}:{source}/{split}"
 
 
+_TOKENS: dict[tuple[str, str, str], tuple[np.ndarray, str]] = {}
+
+
 def load_corpus_tokens(name: str, tokenizer: Tokenizer, data_dir: str | Path | None) -> tuple[np.ndarray, str]:
-    """Tokens of the task's whole text (documents separated by EOS) and where they were read from."""
-    texts, where = load_corpus_texts(name, data_dir)
-    return corpus.tokenize(tokenizer, texts), where
+    """Tokens of the task's whole text (documents separated by EOS) and where they were read from;
+    kept for the process, since a run evaluates the same corpora after every stage."""
+    key = (name, fingerprint(tokenizer), str(data_dir))
+    if key not in _TOKENS:
+        texts, where = load_corpus_texts(name, data_dir)
+        _TOKENS[key] = (corpus.tokenize(tokenizer, texts), where)
+    return _TOKENS[key]

@@ -13,7 +13,7 @@ from typing import Any
 
 from jaxprune import sparsity
 from jaxprune.models.presets import ModelConfig
-from jaxprune.sparsity.compact import Widths, compact_gpt2, gpt2_head_groups_by_dim
+from jaxprune.sparsity.compact import Widths, compact_gpt2
 
 
 def compact_config(cfg: ModelConfig, widths: Widths) -> ModelConfig:
@@ -48,5 +48,5 @@ def prune_structured(
                                groups=sparsity.gpt2_neuron_groups(params))
     if heads:
         masks = sparsity.prune(params, masks, rate, pattern="head", scope=scope, scores=scores,
-                               groups=gpt2_head_groups_by_dim(params, cfg.head_dim))
+                               groups=sparsity.gpt2_head_groups(params, head_dim=cfg.head_dim))
     return masks

@@ -4,7 +4,7 @@ Depends only on jax, optax and numpy, so it works with any Flax/optax model.
 """
 
 from jaxprune.sparsity.calibration import CALIBRATED_METHODS, layer_pruner
-from jaxprune.sparsity.compact import Widths, compact_gpt2, gpt2_head_groups_by_dim, group_keep, slice_groups
+from jaxprune.sparsity.compact import Widths, compact_gpt2, group_keep, slice_groups
 from jaxprune.sparsity.export import load_sparse, save_sparse
 from jaxprune.sparsity.groups import (
     GroupMember,
@@ -57,7 +57,6 @@ __all__ = [
     "DEFAULT_EXCLUDE",
     "Widths",
     "compact_gpt2",
-    "gpt2_head_groups_by_dim",
     "group_keep",
     "load_sparse",
     "save_sparse",

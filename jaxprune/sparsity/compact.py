@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.sparsity.groups import GroupMember, GroupSpec, _blocks, gpt2_neuron_groups
+from jaxprune.sparsity.groups import GroupMember, GroupSpec, gpt2_head_groups, gpt2_neuron_groups
 from jaxprune.sparsity.masks import PyTree, apply_masks, is_none, leaves_with_paths, path_to_str
 
 
@@ -96,25 +96,6 @@ def slice_groups(tree: PyTree, specs: Sequence[GroupSpec], keeps: dict[str, np.n
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def gpt2_head_groups_by_dim(params: PyTree, head_dim: int, include_bias: bool = False) -> tuple[GroupSpec, ...]:
-    """Attention-head groups of the GPT-2 layout for any (per-block) head count.
-
-    Like :func:`~jaxprune.sparsity.groups.gpt2_head_groups` but a block's head count is
-    read from its ``c_attn`` width, ``3 · heads · head_dim``, so compacted models with
-    different head counts per block work too.
-    """
-    shapes, blocks = _blocks(params)
-    specs = []
-    for b in blocks:
-        h = shapes[f"{b}/attn/c_attn/kernel"][1] // (3 * head_dim)
-        mem = [GroupMember(f"{b}/attn/c_attn/kernel", 1, (3, h, head_dim), 1)]
-        if include_bias:
-            mem.append(GroupMember(f"{b}/attn/c_attn/bias", 0, (3, h, head_dim), 1))
-        mem.append(GroupMember(f"{b}/attn/c_proj/kernel", 0, (h, head_dim), 0))
-        specs.append(GroupSpec(f"{b}/attn", h, tuple(mem)))
-    return tuple(specs)
-
-
 def compact_gpt2(
     params: PyTree, masks: PyTree | None, head_dim: int, *, neurons: bool = True, heads: bool = True
 ) -> tuple[PyTree, Widths]:
@@ -141,8 +122,8 @@ def compact_gpt2(
     m = masks if masks is not None else jax.tree.map(lambda _: None, params)
     flat = _flat(p)
     neuron_keep_specs, neuron_cut_specs = gpt2_neuron_groups(p), gpt2_neuron_groups(p, include_bias=True)
-    head_keep_specs = gpt2_head_groups_by_dim(p, head_dim)
-    head_cut_specs = gpt2_head_groups_by_dim(p, head_dim, include_bias=True)
+    head_keep_specs = gpt2_head_groups(p, head_dim=head_dim)
+    head_cut_specs = gpt2_head_groups(p, include_bias=True, head_dim=head_dim)
     keeps: dict[str, np.ndarray] = {}
     bias_add: dict[str, jax.Array] = {}
     def keep_of(spec: GroupSpec) -> np.ndarray:  # removable: whole input side or whole output side pruned

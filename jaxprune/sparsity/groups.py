@@ -137,23 +137,27 @@ def gpt2_neuron_groups(params: PyTree, include_bias: bool = False) -> tuple[Grou
 
 
 def gpt2_head_groups(
-    params: PyTree, n_head: int, include_bias: bool = False
+    params: PyTree, n_head: int | None = None, include_bias: bool = False, *, head_dim: int | None = None
 ) -> tuple[GroupSpec, ...]:
     """Attention heads of the GPT-2 layout.
 
     A head owns its q, k and v columns of ``c_attn`` (columns ``[q | k | v]``, each
-    head-major) and its rows of ``c_proj``.
+    head-major) and its rows of ``c_proj``. Give ``n_head`` (every block has that many
+    heads) or ``head_dim`` (a block's head count is read from its ``c_attn`` width,
+    ``3 · heads · head_dim``, so compacted models with different head counts per block work).
     """
+    if (n_head is None) == (head_dim is None):
+        raise ValueError("gpt2_head_groups needs exactly one of n_head and head_dim")
     shapes, blocks = _blocks(params)
     specs = []
     for b in blocks:
-        e3 = shapes[f"{b}/attn/c_attn/kernel"][1]
-        d = e3 // (3 * n_head)
-        mem = [GroupMember(f"{b}/attn/c_attn/kernel", 1, (3, n_head, d), 1)]
+        width = shapes[f"{b}/attn/c_attn/kernel"][1] // 3
+        h, d = (n_head, width // n_head) if head_dim is None else (width // head_dim, head_dim)
+        mem = [GroupMember(f"{b}/attn/c_attn/kernel", 1, (3, h, d), 1)]
         if include_bias:
-            mem.append(GroupMember(f"{b}/attn/c_attn/bias", 0, (3, n_head, d), 1))
-        mem.append(GroupMember(f"{b}/attn/c_proj/kernel", 0, (n_head, d), 0))
-        specs.append(GroupSpec(f"{b}/attn", n_head, tuple(mem)))
+            mem.append(GroupMember(f"{b}/attn/c_attn/bias", 0, (3, h, d), 1))
+        mem.append(GroupMember(f"{b}/attn/c_proj/kernel", 0, (h, d), 0))
+        specs.append(GroupSpec(f"{b}/attn", h, tuple(mem)))
     return tuple(specs)
 
 
