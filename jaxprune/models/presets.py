@@ -47,6 +47,9 @@ ALIASES = {"gpt2-124m": "gpt2", "gpt2-small": "gpt2", "gpt2-355m": "gpt2-medium"
            "gpt2-774m": "gpt2-large", "gpt2-1.5b": "gpt2-xl"}
 
 
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Resolved architecture of a decoder-only Transformer."""
@@ -70,6 +73,14 @@ class ModelConfig:
     # Head dim stays d_model // n_head, so layer i's attention is layer_n_head[i] * head_dim wide.
     layer_d_ff: tuple[int, ...] | None = None
     layer_n_head: tuple[int, ...] | None = None
+    # LLaMA-family variants read from HF config.json (GPT-2 style ignores them).
+    d_head: int | None = None  # attention head dimension; None = d_model // n_head
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2; LLaMA attention_bias=True)
+    out_bias: bool = False  # bias on o_proj (LLaMA attention_bias=True)
+    mlp_bias: bool = False  # biases on gate/up/down projections (LLaMA mlp_bias=True)
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # sorted (key, value) pairs, e.g. rope_type=llama3
+    sliding_window: int | None = None  # attend to the last `sliding_window` positions only (Mistral)
+    hf_architecture: str | None = None  # HF class the weights came from (e.g. Qwen2ForCausalLM), for export
 
     def __post_init__(self) -> None:
         for name in ("layer_d_ff", "layer_n_head"):
@@ -81,10 +92,18 @@ class ModelConfig:
                     raise ValueError(f"{name} must give one width >= 0 per layer ({self.n_layer}), got {v}")
         if self.layer_n_head is not None and self.arch == "llama":
             raise ValueError("layer_n_head is only supported for arch='gpt2'")
+        if isinstance(self.rope_scaling, dict):  # JSON configs; sorted pairs keep the config hashable
+            object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+        elif self.rope_scaling is not None:
+            object.__setattr__(self, "rope_scaling", tuple(tuple(kv) for kv in self.rope_scaling))
+        if self.rope_scaling is not None:
+            kind = dict(self.rope_scaling).get("rope_type", "default")
+            if kind not in ROPE_TYPES:
+                raise ValueError(f"rope_scaling type {kind!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.d_head or self.d_model // self.n_head
 
     def ff_of(self, layer: int) -> int:
         """MLP width of block `layer`."""
@@ -129,6 +148,7 @@ def param_count(cfg: ModelConfig) -> int:
         else:
             kv = cfg.kv_heads * cfg.head_dim
             total += e * a + 2 * e * kv + a * e + 3 * e * f + 2 * e
+            total += (a + 2 * kv) * cfg.qkv_bias + e * cfg.out_bias + (2 * f + e) * cfg.mlp_bias
     if cfg.arch == "gpt2":
         rest = v * e + cfg.max_len * e + 2 * e
     else:

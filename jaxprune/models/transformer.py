@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune.models.presets import ModelConfig
 
@@ -46,12 +47,36 @@ def _norm(cfg: ModelConfig, name: str) -> nn.Module:
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), name=name)
 
 
-def rotary(x: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding (Su et al. 2021), HF/LLaMA "rotate half" layout. x: (B, T, N, D)."""
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Rotary inverse frequencies (D/2,), with HF's `rope_scaling` types default, linear and llama3.
+
+    llama3 (Meta's LLaMA 3.1 recipe): wavelengths longer than original_max_position_embeddings /
+    low_freq_factor are divided by `factor`, shorter than .../ high_freq_factor kept, and in between
+    interpolated linearly in original_max / wavelength.
+    """
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    sc = dict(cfg.rope_scaling or ())
+    kind = sc.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / sc["factor"]
+    elif kind == "llama3":
+        factor, lo, hi = sc["factor"], sc.get("low_freq_factor", 1.0), sc.get("high_freq_factor", 4.0)
+        orig = sc["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv
+        smooth = np.clip((orig / wavelen - lo) / (hi - lo), 0.0, 1.0)  # 0: long waves (scaled), 1: short (kept)
+        inv = (1 - smooth) * inv / factor + smooth * inv
+    return inv.astype(np.float32)
+
+
+def rotary(x: jax.Array, inv_freq: np.ndarray | jax.Array, offset: int | jax.Array = 0) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021), HF/LLaMA "rotate half" layout.
+
+    x: (B, T, N, D); position of x[:, t] is offset + t (offset > 0 when decoding with a KV cache).
+    """
     d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))  # (D/2,)
-    pos = jnp.arange(x.shape[1], dtype=jnp.float32)
-    ang = pos[:, None] * inv_freq[None, :]  # (T, D/2)
+    pos = offset + jnp.arange(x.shape[1], dtype=jnp.float32)
+    ang = pos[:, None] * jnp.asarray(inv_freq, jnp.float32)[None, :]  # (T, D/2)
     cos = jnp.cos(jnp.concatenate([ang, ang], -1))[None, :, None, :]  # (1, T, 1, D)
     sin = jnp.sin(jnp.concatenate([ang, ang], -1))[None, :, None, :]
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
@@ -69,23 +94,26 @@ class Attention(nn.Module):
         b, t, e = x.shape
         h, d, k = cfg.heads_of(self.layer), cfg.head_dim, cfg.kv_heads
         if cfg.arch == "llama":
-            q = _dense(h * d, ("embed", "heads"), "q_proj", cfg, False)(x).reshape(b, t, h, d)
-            kk = _dense(k * d, ("embed", "kv_heads"), "k_proj", cfg, False)(x).reshape(b, t, k, d)
-            v = _dense(k * d, ("embed", "kv_heads"), "v_proj", cfg, False)(x).reshape(b, t, k, d)
-            q, kk = rotary(q, cfg.rope_theta), rotary(kk, cfg.rope_theta)
+            q = _dense(h * d, ("embed", "heads"), "q_proj", cfg, cfg.qkv_bias)(x).reshape(b, t, h, d)
+            kk = _dense(k * d, ("embed", "kv_heads"), "k_proj", cfg, cfg.qkv_bias)(x).reshape(b, t, k, d)
+            v = _dense(k * d, ("embed", "kv_heads"), "v_proj", cfg, cfg.qkv_bias)(x).reshape(b, t, k, d)
+            inv_freq = rope_inv_freq(cfg)
+            q, kk = rotary(q, inv_freq), rotary(kk, inv_freq)
         else:
             qkv = _dense(3 * h * d, ("embed", "qkv"), "c_attn", cfg, True)(x)  # (B, T, 3HD); HD = E unless compacted
             q, kk, v = jnp.split(qkv.reshape(b, t, 3, h, d), 3, axis=2)  # each (B, T, 1, H, D)
             q, kk, v = q[:, :, 0], kk[:, :, 0], v[:, :, 0]  # (B, T, H, D)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", None))
         if h:
-            y = jax.nn.dot_product_attention(q, kk, v, is_causal=True, implementation=cfg.attention_impl)
+            window = None if cfg.sliding_window is None or cfg.sliding_window >= t else (cfg.sliding_window - 1, 0)
+            y = jax.nn.dot_product_attention(q, kk, v, is_causal=True, local_window_size=window,
+                                             implementation=cfg.attention_impl)
         else:  # a compacted block whose heads were all pruned: only c_proj's bias remains
             y = q
         y = y.reshape(b, t, h * d)  # (B, T, HD)
         name = "o_proj" if cfg.arch == "llama" else "c_proj"
         # GPT-2 scales residual projections by 1/sqrt(2 n_layer) at init.
-        y = _dense(e, ("heads", "embed"), name, cfg, cfg.arch != "llama",
+        y = _dense(e, ("heads", "embed"), name, cfg, cfg.arch != "llama" or cfg.out_bias,
                    std=0.02 / (2 * cfg.n_layer) ** 0.5)(y)
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
@@ -100,11 +128,11 @@ class MLP(nn.Module):
         f = cfg.ff_of(self.layer)
         std_out = 0.02 / (2 * cfg.n_layer) ** 0.5
         if cfg.arch == "llama":
-            g = _dense(f, ("embed", "mlp"), "gate_proj", cfg, False)(x)
-            u = _dense(f, ("embed", "mlp"), "up_proj", cfg, False)(x)
+            g = _dense(f, ("embed", "mlp"), "gate_proj", cfg, cfg.mlp_bias)(x)
+            u = _dense(f, ("embed", "mlp"), "up_proj", cfg, cfg.mlp_bias)(x)
             hdn = nn.silu(g) * u  # (B, T, F)
             hdn = nn.with_logical_constraint(hdn, ("batch", "length", "act_mlp"))
-            y = _dense(cfg.d_model, ("mlp", "embed"), "down_proj", cfg, False, std=std_out)(hdn)
+            y = _dense(cfg.d_model, ("mlp", "embed"), "down_proj", cfg, cfg.mlp_bias, std=std_out)(hdn)
         else:
             hdn = nn.gelu(_dense(f, ("embed", "mlp"), "c_fc", cfg, True)(x), approximate=True)
             hdn = nn.with_logical_constraint(hdn, ("batch", "length", "act_mlp"))
