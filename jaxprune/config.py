@@ -21,7 +21,8 @@ DATA_SOURCES = ("books", "tinyshakespeare", "wikitext2", "files")
 SCORE_METHODS = ("magnitude", "random", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")  # need calibration data; per-layer, pattern unstructured or nm
 PATTERNS = ("unstructured", "nm", "neuron", "head")
-MODEL_INITS = ("scratch", "checkpoint", "hf_gpt2", "gguf")
+MODEL_INITS = ("scratch", "checkpoint", "hf", "hf_gpt2", "gguf")
+PRETRAINED_INITS = ("hf", "hf_gpt2", "gguf")  # model.preset="auto" takes the architecture from these files
 
 
 class ConfigError(ValueError):
@@ -52,14 +53,14 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- model ---------------------------------------------------------------
     c.model = ml_collections.ConfigDict()
-    c.model.preset = "nano"  # architecture size, see jaxprune/models/presets.py (femto ... gpt3-175b, smollm2-135m)
+    c.model.preset = "nano"  # architecture size, see jaxprune/models/presets.py (femto ... smollm2-135m); "auto": the checkpoint's
     c.model.vocab_size = config_dict.placeholder(int)  # None: the preset's; the BPE tokenizer is trained to this size
     c.model.max_len = config_dict.placeholder(int)  # context length; None: the preset's
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params and optimizer stay float32)
     c.model.dropout = 0.0
     c.model.remat = False  # rematerialise each block in the backward pass (saves memory on large presets)
     c.model.attention_impl = config_dict.placeholder(str)  # None: XLA chooses; "cudnn" for flash attention on GPUs
-    c.model.init = "scratch"  # scratch (train per `pretrain`), checkpoint, hf_gpt2 or gguf
+    c.model.init = "scratch"  # scratch (train per `pretrain`), checkpoint, hf (GPT-2 / LLaMA / Mistral / Qwen2), gguf
     c.model.init_path = ""  # checkpoint dir, HF model dir/name, or .gguf file for the inits above
 
     # --- data ----------------------------------------------------------------
@@ -142,6 +143,10 @@ def default_config() -> ml_collections.ConfigDict:
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """Resolves config.model (preset + overrides) into a ModelConfig."""
     m = config.model
+    if m.preset == "auto":  # the architecture of the checkpoint being imported
+        from jaxprune.models.pretrained import pretrained_model_config
+        return pretrained_model_config(config, max_len=m.max_len, dtype=m.dtype, dropout=m.dropout, remat=m.remat,
+                                       attention_impl=m.attention_impl)
     return model_config_from_preset(
         m.preset, vocab_size=m.vocab_size, max_len=m.max_len, dtype=m.dtype, dropout=m.dropout,
         remat=m.remat, attention_impl=m.attention_impl)
@@ -178,12 +183,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     # model
     try:
-        get_preset(config.model.preset)
-    except ValueError as e:
+        if config.model.preset == "auto":
+            if config.model.init not in PRETRAINED_INITS:
+                raise ValueError(f"'auto' takes the architecture from a checkpoint: model.init must be one of "
+                                 f"{PRETRAINED_INITS}, got {config.model.init!r}")
+        else:
+            get_preset(config.model.preset)
+        mc = model_config(config)  # "auto": reads the checkpoint's config.json / GGUF header (no weights)
+    except (ValueError, OSError) as e:
         add(f"model.preset: {e}")
     else:
-        mc = model_config(config)
-        if mc.d_model % mc.n_head:
+        if mc.d_head is None and mc.d_model % mc.n_head:
             add(f"model: d_model={mc.d_model} is not divisible by n_head={mc.n_head}")
         if mc.vocab_size <= 0 or mc.max_len <= 0:
             add(f"model: vocab_size and max_len must be positive (got {mc.vocab_size}, {mc.max_len})")
