@@ -19,7 +19,8 @@ from jaxprune.data.tokenizer import train_bpe  # noqa: E402
 from jaxprune.evaluation import harness, prompts  # noqa: E402
 from jaxprune.evaluation.scoring import ModuleApply, loglikelihood  # noqa: E402
 from jaxprune.models import build_model  # noqa: E402
-from jaxprune.models.import_hf import gpt2_model_config, gpt2_params  # noqa: E402
+from jaxprune.models.hf import model_config_from_hf  # noqa: E402
+from jaxprune.models.import_hf import params_from_state_dict  # noqa: E402
 
 DATA = Path(os.environ.get("JAXPRUNE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 N_POS, VOCAB = 128, 512
@@ -58,8 +59,8 @@ def test_loglikelihoods_match_transformers_gpt2():
         for name, p in hf.named_parameters():
             if name.endswith("bias") or ".ln_" in name:
                 p.add_(0.1 * torch.randn_like(p))
-    params, cfg = gpt2_params({k: v.detach().numpy() for k, v in hf.state_dict().items()}, 2), \
-        gpt2_model_config(hf_cfg.to_dict())
+    cfg = model_config_from_hf(hf_cfg.to_dict())
+    params = params_from_state_dict({k: v.detach().numpy() for k, v in hf.state_dict().items()}, cfg)
     model = build_model(cfg)
     reqs = _requests(tok)
     assert any(len(c) + len(t) > N_POS + 1 for c, t in reqs)  # some LAMBADA passages are left-truncated

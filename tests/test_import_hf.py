@@ -20,6 +20,7 @@ from jaxprune.models import (  # noqa: E402
     pretrained_model_config,
 )
 from jaxprune.models import import_hf  # noqa: E402
+from jaxprune.models.hf import model_config_from_hf  # noqa: E402
 from jaxprune.models.presets import ModelConfig  # noqa: E402
 
 TOL = 1e-4
@@ -59,7 +60,7 @@ def test_gpt2_logits_match_transformers(gpt2_dir):
     d, model = gpt2_dir
     cfg = pretrained_model_config(_config("hf_gpt2", d))
     assert cfg == ModelConfig(arch="gpt2", vocab_size=96, max_len=32, n_layer=2, d_model=48, n_head=4, d_ff=192,
-                              norm_eps=1e-5, tie_embeddings=True)
+                              norm_eps=1e-5, tie_embeddings=True, hf_architecture="GPT2LMHeadModel")
     params = load_pretrained(_config("hf_gpt2", d), cfg)
     tokens = np.random.default_rng(0).integers(0, 96, size=(2, 32))
     diff = np.abs(_logits(cfg, params, tokens) - _torch_logits(model, tokens)).max()
@@ -78,10 +79,11 @@ def test_gpt2_shorter_context_keeps_first_positions(gpt2_dir):
 def test_gpt2_shape_mismatch_names_the_matching_preset(gpt2_dir):
     d, _ = gpt2_dir
     wrong = ModelConfig(arch="gpt2", vocab_size=96, max_len=32, n_layer=3, d_model=48, n_head=4, d_ff=192)
-    with pytest.raises(ValueError, match=r"h_2/attn/c_attn/kernel: missing from hf_gpt2 file"):
+    with pytest.raises(ValueError, match=r"tensor transformer.h.2.attn.c_attn.weight \(for h_2/attn/c_attn/kernel\) "
+                                         r"is missing.*use model.preset='auto'"):
         load_pretrained(_config("hf_gpt2", d), wrong)
     # A real gpt2-medium config.json checked against the gpt2 preset names gpt2-medium.
-    medium = import_hf.gpt2_model_config(dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1024,
+    medium = model_config_from_hf(dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1024,
                                               n_layer=24, n_head=16))
     from jaxprune.models.pretrained import matching_preset
     assert matching_preset(medium) == "gpt2-medium"
@@ -94,7 +96,7 @@ def test_refuses_pickles_and_fails_fast_offline(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="pytorch_model.bin, a pickle that jaxprune refuses to load"):
         import_hf.load_hf_checkpoint(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConnectionError, match="is unreachable. Download the model directory"):
+    with pytest.raises(ConnectionError, match=r"is unreachable. Download it on a machine with internet access \(`hf download openai-community/gpt2-not-here"):
         import_hf.resolve_checkpoint("openai-community/gpt2-not-here")
 
 

@@ -51,7 +51,15 @@ def open_gguf(path: str | os.PathLike) -> "gguf.GGUFReader":  # noqa: F821
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ValueError(f"{str(path)!r} is not a GGUF file (no GGUF magic)")
-    return gguf.GGUFReader(str(path))
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # gguf's parser fails with assorted errors on a truncated or damaged file
+        raise ValueError(f"{str(path)!r} is not a readable GGUF file (truncated or damaged?): "
+                         f"{type(e).__name__}: {e}") from e
+    for t in reader.tensors:
+        if any(int(d) == 0 for d in t.shape):
+            raise ValueError(f"{str(path)!r}: GGUF tensor {t.name!r} has a zero dimension {tuple(map(int, t.shape))}")
+    return reader
 
 
 def metadata(reader: Any, key: str, default: Any = None) -> Any:
@@ -129,45 +137,62 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_params(reader: Any, cfg: ModelConfig) -> dict[str, Any]:
-    """All weights of a llama GGUF as a float32 jaxprune param tree (kernels (in, out), Q/K unpermuted)."""
-    tensors = {t.name: t for t in reader.tensors}
+def gguf_tensor_map(cfg: ModelConfig) -> dict[str, tuple[str, int | None]]:
+    """jaxprune path -> (GGUF tensor name, heads of the Q/K permutation or None), for a llama-arch model.
 
-    def get(name: str) -> np.ndarray:
-        if name not in tensors:
-            raise KeyError(f"GGUF file is missing tensor {name!r}")
-        return dequantize_tensor(tensors[name])
-
-    def kernel(name: str, heads: int | None = None) -> dict[str, np.ndarray]:
-        w = get(name)  # (out, in)
-        if heads is not None:
-            w = unpermute_qk(w, heads)
-        return {"kernel": np.ascontiguousarray(w.T)}
-
-    params: dict[str, Any] = {"wte": {"embedding": get("token_embd.weight")},
-                              "ln_f": {"scale": get("output_norm.weight")}}
+    Every GGUF matrix is the torch (out, in) weight, i.e. the transpose of the jaxprune kernel; shared by the
+    importer and `export_gguf`.
+    """
+    if cfg.arch != "llama":
+        raise ValueError(f"GGUF tensors are mapped for arch 'llama' (LLaMA, SmolLM, Mistral); got {cfg.arch!r}")
+    if cfg.qkv_bias or cfg.out_bias or cfg.mlp_bias:
+        raise ValueError("GGUF llama tensors have no biases; this model has attention or MLP biases (e.g. Qwen2)")
+    out: dict[str, tuple[str, int | None]] = {"wte/embedding": ("token_embd.weight", None),
+                                              "ln_f/scale": ("output_norm.weight", None)}
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
-        params[f"h_{i}"] = {
-            "ln_1": {"scale": get(b + "attn_norm.weight")},
-            "attn": {"q_proj": kernel(b + "attn_q.weight", cfg.n_head),
-                     "k_proj": kernel(b + "attn_k.weight", cfg.kv_heads),
-                     "v_proj": kernel(b + "attn_v.weight"),
-                     "o_proj": kernel(b + "attn_output.weight")},
-            "ln_2": {"scale": get(b + "ffn_norm.weight")},
-            "mlp": {"gate_proj": kernel(b + "ffn_gate.weight"), "up_proj": kernel(b + "ffn_up.weight"),
-                    "down_proj": kernel(b + "ffn_down.weight")},
-        }
-    if "output.weight" in tensors:
-        params["lm_head"] = kernel("output.weight")
+        out.update({
+            f"h_{i}/ln_1/scale": (b + "attn_norm.weight", None),
+            f"h_{i}/attn/q_proj/kernel": (b + "attn_q.weight", cfg.n_head),
+            f"h_{i}/attn/k_proj/kernel": (b + "attn_k.weight", cfg.kv_heads),
+            f"h_{i}/attn/v_proj/kernel": (b + "attn_v.weight", None),
+            f"h_{i}/attn/o_proj/kernel": (b + "attn_output.weight", None),
+            f"h_{i}/ln_2/scale": (b + "ffn_norm.weight", None),
+            f"h_{i}/mlp/gate_proj/kernel": (b + "ffn_gate.weight", None),
+            f"h_{i}/mlp/up_proj/kernel": (b + "ffn_up.weight", None),
+            f"h_{i}/mlp/down_proj/kernel": (b + "ffn_down.weight", None),
+        })
+    if not cfg.tie_embeddings:
+        out["lm_head/kernel"] = ("output.weight", None)
+    return out
+
+
+def gguf_params(reader: Any, cfg: ModelConfig, progress: bool = False) -> dict[str, Any]:
+    """All weights of a llama GGUF as a float32 jaxprune param tree (kernels (in, out), Q/K unpermuted)."""
+    from tqdm.auto import tqdm
+
+    tensors = {t.name: t for t in reader.tensors}
+    params: dict[str, Any] = {}
+    for path, (name, heads) in tqdm(gguf_tensor_map(cfg).items(), desc="dequantising GGUF", unit="tensor",
+                                    disable=not progress, leave=False):
+        if name not in tensors:
+            raise KeyError(f"GGUF file is missing tensor {name!r}")
+        w = dequantize_tensor(tensors[name])
+        if path.endswith("/kernel"):  # (out, in) -> (in, out)
+            w = np.ascontiguousarray((unpermute_qk(w, heads) if heads else w).T)
+        node = params
+        *parents, leaf = path.split("/")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = w
     return params
 
 
-def load_gguf(path: str | os.PathLike, **overrides: Any) -> tuple[dict[str, Any], ModelConfig]:
+def load_gguf(path: str | os.PathLike, progress: bool = False, **overrides: Any) -> tuple[dict[str, Any], ModelConfig]:
     """(params, ModelConfig) of a llama GGUF file, every tensor dequantised to float32."""
     reader = open_gguf(path)
     cfg = gguf_model_config(reader, **overrides)
-    return gguf_params(reader, cfg), cfg
+    return gguf_params(reader, cfg, progress=progress), cfg
 
 
 # ---------------------------------------------------------------------------

@@ -1,35 +1,40 @@
-"""Import Hugging Face GPT-2 checkpoints (safetensors only) and their tokenizers.
+"""Import Hugging Face checkpoints (safetensors, single file or sharded) and their tokenizers, streamed.
 
-A checkpoint is a directory holding `config.json` and `model.safetensors` (gpt2 ...
-gpt2-xl as published on the hub, or anything written by
-`GPT2LMHeadModel.save_pretrained(dir, safe_serialization=True)`). Torch pickles
-(`pytorch_model.bin`) are refused: loading them would run arbitrary code.
+A checkpoint is a directory holding `config.json` and either `model.safetensors` or
+`model.safetensors.index.json` + its shards (what `save_pretrained` writes, or a hub
+snapshot) of GPT-2, LLaMA 2/3, SmolLM, TinyLlama, Mistral or Qwen2 (`jaxprune.models.hf`
+has the architecture table and the name map). Torch pickles (`pytorch_model.bin`) are
+refused: loading them would run arbitrary code.
 
-HF GPT-2 uses `Conv1D` layers whose weight is already (in, out), the layout of a
-Flax `Dense` kernel, so the import is a name copy (nanoGPT's naming):
+Every shard's header is read first, so a missing shard, a missing tensor or one of the
+wrong shape is reported (by name) before any weight is read. Then parameters are read
+tensor by tensor (memory-mapped) and, when shardings are given, each device's block is
+read straight into its shard with `jax.make_array_from_callback`: host memory peaks at
+about one tensor, and on a multi-host mesh each process reads only its own blocks.
+bf16 / f16 tensors are converted to float32 on the fly.
 
-    h.{i}.attn.c_attn.weight (E, 3E)  ->  h_{i}/attn/c_attn/kernel   columns [q | k | v], head-major
-    wte.weight (V, E)                 ->  wte/embedding
-    ln_f.weight / ln_f.bias           ->  ln_f/scale / ln_f/bias
-
-    >>> params, cfg = load_hf_gpt2("/data/gpt2")           # doctest: +SKIP
-    >>> tok = load_hf_tokenizer("/data/gpt2")               # doctest: +SKIP
+    >>> params, cfg = load_hf("/data/Llama-3.2-1B", shardings=param_sh)   # doctest: +SKIP
+    >>> tok = load_hf_tokenizer("/data/Llama-3.2-1B")                      # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from jaxprune.models import hf as hf_names
 from jaxprune.models.presets import ModelConfig
 
 HF_HOST = "huggingface.co"
 SAFETENSORS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
 PICKLES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 
 
@@ -61,107 +66,268 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if not hub_reachable():
         raise ConnectionError(
             f"{name!r} is not a local directory and the Hugging Face hub ({HF_HOST}:443) is unreachable. "
-            f"Download the model directory on a machine with internet access, e.g.\n"
-            f"  huggingface-cli download {name} config.json {SAFETENSORS} tokenizer.json vocab.json merges.txt "
-            f"--local-dir ./{name.split('/')[-1]}\n"
-            f"copy it here and pass its path as model.init_path.")
+            f"Download it on a machine with internet access (`hf download {name} --local-dir "
+            f"{name.split('/')[-1]}`), copy the directory here and pass its path as model.init_path.")
     from huggingface_hub import snapshot_download  # imported lazily: only needed online
     return Path(snapshot_download(
-        name, allow_patterns=["config.json", SAFETENSORS, "tokenizer.json", "vocab.json", "merges.txt"],
+        name, allow_patterns=["config.json", "generation_config.json", "*.safetensors", INDEX, "tokenizer.json",
+                              "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"],
         etag_timeout=10))
 
 
 # ---------------------------------------------------------------------------
-# Config and weights
+# Config
 # ---------------------------------------------------------------------------
 def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's config.json as a dict."""
     f = Path(path) / "config.json"
     if not f.is_file():
         raise FileNotFoundError(f"{str(f)!r} does not exist; a HF checkpoint directory needs config.json")
-    return json.loads(f.read_text())
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(f)!r} is not valid JSON ({e})") from None
 
 
-def gpt2_model_config(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
-    """ModelConfig of a HF GPT-2 config.json (`overrides` such as dtype are passed through)."""
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"expected a GPT-2 checkpoint (model_type 'gpt2'), got model_type={hf.get('model_type')!r}")
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"unsupported activation_function {act!r}: jaxprune's GPT-2 uses tanh-approximated GELU")
-    e = hf["n_embd"]
-    fields = dict(arch="gpt2", vocab_size=hf["vocab_size"], max_len=hf["n_positions"], n_layer=hf["n_layer"],
-                  d_model=e, n_head=hf["n_head"], d_ff=hf.get("n_inner") or 4 * e,
-                  norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_embeddings=True)
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    return ModelConfig(**fields)
+def hf_model_config(name_or_path: str | os.PathLike, **overrides: Any) -> ModelConfig:
+    """ModelConfig from a checkpoint's config.json (any architecture in `jaxprune.models.hf.ARCHITECTURES`)."""
+    return hf_names.model_config_from_hf(read_hf_config(resolve_checkpoint(name_or_path)), **overrides)
 
 
-def _safetensors_file(path: Path) -> Path:
-    f = path / SAFETENSORS
-    if f.is_file():
-        return f
-    if (path / "model.safetensors.index.json").is_file():
-        raise ValueError(f"{str(path)!r} holds a sharded checkpoint; jaxprune imports a single {SAFETENSORS}")
-    found = [p for p in PICKLES if (path / p).is_file()]
+# ---------------------------------------------------------------------------
+# Safetensors files: headers first, data on demand
+# ---------------------------------------------------------------------------
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "F64": np.float64}
+
+
+def _bfloat16() -> np.dtype:
+    import ml_dtypes  # ships with jax
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+class TensorSource:
+    """The tensors of a checkpoint directory: name -> (file, dtype, shape), with lazy, sliceable reads.
+
+    Data are memory-mapped, so reading a block of a tensor touches only that block's pages.
+    (safetensors' own numpy reader has no bfloat16, so the documented layout — 8-byte header length,
+    JSON header, raw little-endian data — is mapped directly.)
+    """
+
+    def __init__(self, path: str | os.PathLike, files: list[Path] | None = None):
+        """`path`: a checkpoint directory (its single file or index shards); or `files` to read just those."""
+        self.path = Path(path)
+        self.files = files if files is not None else _safetensors_files(self.path)
+        self.entries: dict[str, tuple[Path, str, tuple[int, ...], int]] = {}
+        for f in self.files:
+            for name, (dtype, shape, offset) in _header(f).items():
+                self.entries[name] = (f, dtype, shape, offset)
+        self._maps: dict[Path, np.memmap] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][2]
+
+    def array(self, name: str) -> np.ndarray:
+        """A read-only memory-mapped view of the tensor in its stored dtype (nothing read yet)."""
+        f, dtype, shape, offset = self.entries[name]
+        if f not in self._maps:
+            self._maps[f] = np.memmap(f, dtype=np.uint8, mode="r")
+        np_dtype = _bfloat16() if dtype == "BF16" else np.dtype(_DTYPES[dtype])
+        n = int(np.prod(shape, dtype=np.int64))
+        return self._maps[f][offset: offset + n * np_dtype.itemsize].view(np_dtype).reshape(shape)
+
+    def close(self) -> None:
+        self._maps.clear()
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    """The checkpoint's safetensors files (one, or the index's shards); clear errors for the alternatives."""
+    if (path / INDEX).is_file():
+        try:
+            weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{str(path / INDEX)!r} is not a safetensors index (needs a 'weight_map'): {e}") from None
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{str(path)!r} is missing shard {missing[0]} named in {INDEX}"
+                                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return [path / f for f in files]
+    if (path / SAFETENSORS).is_file():
+        return [path / SAFETENSORS]
+    found = [p for p in PICKLES if (path / p).is_file()] + sorted(p.name for p in path.glob("pytorch_model*.bin"))
     if found:
         raise ValueError(
             f"{str(path)!r} has only {found[0]}, a pickle that jaxprune refuses to load (unpickling runs "
             f"arbitrary code). Convert it to {SAFETENSORS} (e.g. with transformers: "
-            f"model.save_pretrained(dir, safe_serialization=True)) or download the safetensors file.")
-    raise FileNotFoundError(f"no {SAFETENSORS} in {str(path)!r}")
+            f"model.save_pretrained(dir, safe_serialization=True)) or download the safetensors files.")
+    raise FileNotFoundError(f"no {SAFETENSORS} or {INDEX} in {str(path)!r}")
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file as float32 numpy arrays (bf16/f16 upcast)."""
-    from safetensors import safe_open
-
+def _header(f: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """name -> (dtype, shape, absolute byte offset) of one safetensors file."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        raw = fh.read(8)
+        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if not 0 < n <= size - 8:
+            raise ValueError(f"{str(f)!r} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{str(f)!r} is not a safetensors file (header is not JSON)") from None
     out = {}
-    with safe_open(str(path), framework="numpy") as f:
-        keys = list(f.keys())
-        for k in keys:
-            try:
-                out[k] = np.asarray(f.get_tensor(k), dtype=np.float32)
-            except TypeError:  # bfloat16: numpy has no such dtype; read it through JAX instead
-                break
-    if len(out) < len(keys):
-        with safe_open(str(path), framework="flax") as f:
-            for k in keys[len(out):]:
-                out[k] = np.asarray(f.get_tensor(k).astype("float32"))
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(f"{str(f)!r}: tensor {name} has dtype {info['dtype']}; jaxprune reads "
+                             f"{', '.join(_DTYPES)}")
+        begin, end = info["data_offsets"]
+        if 8 + n + end > size:
+            raise ValueError(f"{str(f)!r} is truncated: tensor {name} ends past the end of the file")
+        out[name] = (info["dtype"], tuple(info["shape"]), 8 + n + begin)
     return out
 
 
-def gpt2_params(tensors: dict[str, np.ndarray], n_layer: int) -> dict[str, Any]:
-    """HF GPT-2 state dict (names with or without the `transformer.` prefix) -> jaxprune param tree."""
-    t = {k.removeprefix("transformer."): v for k, v in tensors.items()}
-
-    def get(name: str) -> np.ndarray:
-        if name not in t:
-            raise KeyError(f"checkpoint is missing tensor {name!r}")
-        return t[name]
-
-    params: dict[str, Any] = {"wte": {"embedding": get("wte.weight")}, "wpe": {"embedding": get("wpe.weight")},
-                              "ln_f": {"scale": get("ln_f.weight"), "bias": get("ln_f.bias")}}
-    for i in range(n_layer):
-        p = f"h.{i}."
-        params[f"h_{i}"] = {
-            "ln_1": {"scale": get(p + "ln_1.weight"), "bias": get(p + "ln_1.bias")},
-            "attn": {"c_attn": {"kernel": get(p + "attn.c_attn.weight"), "bias": get(p + "attn.c_attn.bias")},
-                     "c_proj": {"kernel": get(p + "attn.c_proj.weight"), "bias": get(p + "attn.c_proj.bias")}},
-            "ln_2": {"scale": get(p + "ln_2.weight"), "bias": get(p + "ln_2.bias")},
-            "mlp": {"c_fc": {"kernel": get(p + "mlp.c_fc.weight"), "bias": get(p + "mlp.c_fc.bias")},
-                    "c_proj": {"kernel": get(p + "mlp.c_proj.weight"), "bias": get(p + "mlp.c_proj.bias")}},
-        }
-    if "lm_head.weight" in t and not np.array_equal(t["lm_head.weight"], t["wte.weight"]):
-        raise ValueError("checkpoint has an lm_head that differs from wte; jaxprune's GPT-2 ties them")
-    return params
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of one safetensors file as float32 numpy arrays (bf16/f16 upcast)."""
+    src = TensorSource(Path(path).parent, files=[Path(path)])
+    return {k: np.asarray(src.array(k), np.float32) for k in src.entries}
 
 
-def load_hf_gpt2(name_or_path: str | os.PathLike, **overrides: Any) -> tuple[dict[str, Any], ModelConfig]:
-    """(params, ModelConfig) of a HF GPT-2 checkpoint directory (or hub id when online)."""
+# ---------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------
+def plan_tensors(src: TensorSource, cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
+    """jaxprune path -> (checkpoint key, transposed), after checking every tensor's presence and shape.
+
+    ValueError naming each missing or misshapen tensor (and unexpected ones) before anything is read.
+    A GPT-2 position table longer than cfg.max_len is accepted (its first rows are used).
+    """
+    from jaxprune.models.pretrained import expected_shapes
+
+    want = expected_shapes(cfg)
+    names = hf_names.tensor_map(cfg)
+    prefixes = hf_names.checkpoint_prefixes(cfg)
+    plan, problems, used = {}, [], set()
+    for path, shape in want.items():
+        key, transposed = names[path]
+        if key not in src:
+            bare = next((key.removeprefix(p) for p in prefixes if key.startswith(p) and key.removeprefix(p) in src),
+                        None)
+            if bare is None:
+                problems.append(f"tensor {key} (for {path}) is missing")
+                continue
+            key = bare
+        used.add(key)
+        got = src.shape(key)[::-1] if transposed else src.shape(key)
+        ok = got == shape or (path == "wpe/embedding" and got[1:] == shape[1:] and got[0] >= shape[0])
+        if not ok:
+            stored = src.shape(key)
+            expect = shape[::-1] if transposed else shape
+            problems.append(f"tensor {key} has shape {stored}, the model expects {expect}")
+            continue
+        plan[path] = (key, transposed)
+    extra = [k for k in src.entries if k not in used and not k.endswith(hf_names.IGNORED_SUFFIXES)
+             and not (cfg.tie_embeddings and k.removeprefix("model.").removeprefix("transformer.") == "lm_head.weight")]
+    problems += [f"tensor {k} is in the checkpoint but not in the model" for k in sorted(extra)]
+    if problems:
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise ValueError(f"checkpoint {str(src.path)!r} does not match the model ({len(problems)} problems): "
+                         + "; ".join(shown))
+    return plan
+
+
+def check_checkpoint(name_or_path: str | os.PathLike, cfg: ModelConfig) -> None:
+    """Reads only headers: raises the error `load_hf` would raise for this checkpoint and model, if any."""
+    src = TensorSource(resolve_checkpoint(name_or_path))
+    plan_tensors(src, cfg)
+
+
+def _reader(src: TensorSource, key: str, transposed: bool, shape: tuple[int, ...]) -> Callable[[Any], np.ndarray]:
+    def read(index: Any = None) -> np.ndarray:
+        index = tuple(index) if index is not None else tuple(slice(0, n) for n in shape)
+        a = src.array(key)
+        block = a[index[::-1]].T if transposed else a[index]
+        return np.ascontiguousarray(block, dtype=np.float32)
+    return read
+
+
+def load_hf(name_or_path: str | os.PathLike, cfg: ModelConfig | None = None, shardings: Any = None,
+            progress: bool = False) -> tuple[dict[str, Any], ModelConfig]:
+    """(params, ModelConfig) of a HF checkpoint, read tensor by tensor.
+
+    cfg: the model to load into (default: the checkpoint's own config). shardings: a pytree of
+    `jax.sharding.Sharding` with the structure of the params (e.g. `parallel.param_shardings`): each
+    tensor is then read block by block straight into its device shards (jax.Arrays); without it,
+    float32 numpy arrays are returned.
+    """
+    import jax
+    from tqdm.auto import tqdm
+
+    from jaxprune.models.pretrained import expected_shapes
+
     path = resolve_checkpoint(name_or_path)
-    cfg = gpt2_model_config(read_hf_config(path), **overrides)
-    return gpt2_params(read_safetensors(_safetensors_file(path)), cfg.n_layer), cfg
+    cfg = cfg or hf_names.model_config_from_hf(read_hf_config(path))
+    src = TensorSource(path)
+    plan = plan_tensors(src, cfg)
+    shapes = expected_shapes(cfg)
+    flat_sh = _flat_shardings(shardings) if shardings is not None else {}
+    flat: dict[str, Any] = {}
+    try:
+        for p in tqdm(list(plan), desc=f"loading {path.name}", unit="tensor", disable=not progress, leave=False):
+            key, transposed = plan[p]
+            read = _reader(src, key, transposed, shapes[p])
+            if p in flat_sh:
+                flat[p] = jax.make_array_from_callback(shapes[p], flat_sh[p], read)
+            else:
+                flat[p] = read()
+    finally:
+        src.close()
+    return _unflatten(flat), cfg
+
+
+def _flat_shardings(tree: Any) -> dict[str, Any]:
+    import jax
+
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, v in flat.items():
+        node = out
+        *parents, leaf = path.split("/")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = v
+    return out
+
+
+def params_from_state_dict(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, Any]:
+    """jaxprune params from an in-memory HF state dict (e.g. `{k: v.numpy() for k, v in model.state_dict()}`)."""
+    names, prefixes = hf_names.tensor_map(cfg), hf_names.checkpoint_prefixes(cfg)
+    flat = {}
+    for path, (key, transposed) in names.items():
+        if key not in tensors:
+            key = next((key.removeprefix(p) for p in prefixes if key.removeprefix(p) in tensors), key)
+        if key not in tensors:
+            raise KeyError(f"state dict is missing tensor {key!r} (for {path})")
+        a = np.asarray(tensors[key], np.float32)
+        flat[path] = np.ascontiguousarray(a.T) if transposed else a
+    return _unflatten(flat)
+
+
+def load_hf_checkpoint(name_or_path: str | os.PathLike, **overrides: Any) -> tuple[dict[str, Any], ModelConfig]:
+    """(float32 numpy params, ModelConfig) of a HF checkpoint with its own architecture (+ overrides)."""
+    path = resolve_checkpoint(name_or_path)
+    cfg = hf_names.model_config_from_hf(read_hf_config(path), **overrides)
+    return load_hf(path, cfg)
 
 
 # ---------------------------------------------------------------------------
@@ -200,70 +366,3 @@ def load_hf_tokenizer(name_or_path: str | os.PathLike) -> "tokenizers.Tokenizer"
         merges.append((a, b))
     special = [s for s in ("<|endoftext|>",) if s in vocab]
     return byte_level_bpe(vocab, merges, special)
-
-
-# ---------------------------------------------------------------------------
-# LLaMA-style checkpoints (LlamaForCausalLM, e.g. SmolLM2), same rules
-# ---------------------------------------------------------------------------
-def llama_model_config(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
-    """ModelConfig of a HF LLaMA config.json."""
-    if hf.get("model_type") != "llama":
-        raise ValueError(f"expected model_type 'llama', got {hf.get('model_type')!r}")
-    e, h = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim", e // h) != e // h:
-        raise ValueError(f"head_dim={hf['head_dim']} != hidden_size/num_attention_heads={e // h} is not supported")
-    if hf.get("rope_scaling") or hf.get("attention_bias") or hf.get("mlp_bias"):
-        raise ValueError("rope_scaling, attention_bias and mlp_bias are not supported")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"unsupported hidden_act {hf.get('hidden_act')!r} (SwiGLU uses silu)")
-    theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    fields = dict(arch="llama", vocab_size=hf["vocab_size"], max_len=hf["max_position_embeddings"],
-                  n_layer=hf["num_hidden_layers"], d_model=e, n_head=h,
-                  n_kv_head=hf.get("num_key_value_heads") or h, d_ff=hf["intermediate_size"],
-                  norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
-                  tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    return ModelConfig(**fields)
-
-
-def llama_params(tensors: dict[str, np.ndarray], n_layer: int, tie_embeddings: bool) -> dict[str, Any]:
-    """HF LLaMA state dict (torch Linear weights are (out, in): transposed here) -> jaxprune param tree."""
-    t = {k.removeprefix("model."): v for k, v in tensors.items()}
-
-    def get(name: str) -> np.ndarray:
-        if name not in t:
-            raise KeyError(f"checkpoint is missing tensor {name!r}")
-        return t[name]
-
-    def dense(name: str) -> dict[str, np.ndarray]:
-        return {"kernel": np.ascontiguousarray(get(name + ".weight").T)}
-
-    params: dict[str, Any] = {"wte": {"embedding": get("embed_tokens.weight")}, "ln_f": {"scale": get("norm.weight")}}
-    for i in range(n_layer):
-        p = f"layers.{i}."
-        params[f"h_{i}"] = {
-            "ln_1": {"scale": get(p + "input_layernorm.weight")},
-            "attn": {n: dense(p + "self_attn." + n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")},
-            "ln_2": {"scale": get(p + "post_attention_layernorm.weight")},
-            "mlp": {n: dense(p + "mlp." + n) for n in ("gate_proj", "up_proj", "down_proj")},
-        }
-    if not tie_embeddings:
-        params["lm_head"] = dense("lm_head")
-    return params
-
-
-def load_hf_checkpoint(name_or_path: str | os.PathLike, **overrides: Any) -> tuple[dict[str, Any], ModelConfig]:
-    """(params, ModelConfig) of a HF GPT-2 or LLaMA safetensors checkpoint, by config.json's model_type."""
-    path = resolve_checkpoint(name_or_path)
-    hf = read_hf_config(path)
-    if hf.get("model_type") == "llama":
-        cfg = llama_model_config(hf, **overrides)
-        return llama_params(read_safetensors(_safetensors_file(path)), cfg.n_layer, cfg.tie_embeddings), cfg
-    cfg = gpt2_model_config(hf, **overrides)
-    return gpt2_params(read_safetensors(_safetensors_file(path)), cfg.n_layer), cfg
-
-
-def hf_model_config(name_or_path: str | os.PathLike, **overrides: Any) -> ModelConfig:
-    """ModelConfig from a checkpoint's config.json (GPT-2 or LLaMA)."""
-    hf = read_hf_config(resolve_checkpoint(name_or_path))
-    return (llama_model_config if hf.get("model_type") == "llama" else gpt2_model_config)(hf, **overrides)

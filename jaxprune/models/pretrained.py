@@ -1,6 +1,7 @@
-"""Pretrained weights and tokenizers for `model.init` = hf_gpt2 or gguf.
+"""Pretrained weights and tokenizers for `model.init` = hf (hf_gpt2 is its old name) or gguf.
 
-    params = load_pretrained(config, model_cfg)        # checked against model_cfg
+    check_pretrained(config, model_cfg)                # headers only: fails before any compute
+    params = load_pretrained(config, model_cfg, shardings)   # checked against model_cfg, streamed into shardings
     tok = load_pretrained_tokenizer(config)
     cfg = pretrained_model_config(config)              # the checkpoint's own architecture
 
@@ -21,7 +22,8 @@ import numpy as np
 from jaxprune.models.presets import PRESETS, ModelConfig
 from jaxprune.models.transformer import Transformer
 
-INITS = ("hf_gpt2", "gguf")
+INITS = ("hf", "hf_gpt2", "gguf")
+HF_INITS = ("hf", "hf_gpt2")
 _ARCH_FIELDS = ("arch", "vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "tie_embeddings")
 
 
@@ -66,35 +68,16 @@ def check_params(params: Any, model_cfg: ModelConfig, source: str = "checkpoint"
     problems += [f"{k}: {source} has {got[k]}, model expects {want[k]}" for k in sorted(want.keys() & got.keys())
                  if got[k] != want[k]]
     if problems:
-        hint = ""
-        if file_cfg is not None:
-            preset = matching_preset(file_cfg)
-            diff = ", ".join(f"{f}={getattr(file_cfg, f)} (model: {getattr(model_cfg, f)})" for f in _ARCH_FIELDS
-                             if getattr(file_cfg, f) != getattr(model_cfg, f))
-            hint = (f"\nthe file's own config has {diff}; " +
-                    (f"use model.preset={preset!r}" if preset else "no preset matches it"))
+        hint = _mismatch_hint(file_cfg, model_cfg) if file_cfg is not None else ""
         shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
-        raise ValueError(f"{source} does not match the configured model ({len(problems)} problems):\n  "
-                         + "\n  ".join(shown) + hint)
-
-
-def _load(init: str, path: str) -> tuple[dict[str, Any], ModelConfig]:
-    if init == "hf_gpt2":
-        from jaxprune.models import import_hf
-        return import_hf.load_hf_checkpoint(path)
-    if init == "gguf":
-        from jaxprune.models import import_gguf
-        return import_gguf.load_gguf(path)
-    if init == "checkpoint":
-        raise NotImplementedError("model.init='checkpoint' restores a jaxprune TrainState; it is handled by "
-                                  "the training checkpoints, not by load_pretrained")
-    raise ValueError(f"load_pretrained handles model.init in {INITS}, got {init!r}")
+        raise ValueError(f"{source} does not match the configured model ({len(problems)} problems): "
+                         + "; ".join(shown) + hint)
 
 
 def pretrained_model_config(config: Any, **overrides: Any) -> ModelConfig:
     """ModelConfig from the checkpoint's own metadata (HF config.json or GGUF keys), without loading weights."""
     init, path = config.model.init, config.model.init_path
-    if init == "hf_gpt2":
+    if init in HF_INITS:
         from jaxprune.models import import_hf
         return import_hf.hf_model_config(path, **overrides)
     if init == "gguf":
@@ -103,33 +86,78 @@ def pretrained_model_config(config: Any, **overrides: Any) -> ModelConfig:
     raise ValueError(f"model.init={init!r} has no checkpoint config; expected one of {INITS}")
 
 
-def load_pretrained(config: Any, model_cfg: ModelConfig) -> dict[str, Any]:
+def _check_architecture(file_cfg: ModelConfig, model_cfg: ModelConfig, source: str) -> None:
+    """Fields that shapes cannot reveal (norm epsilon, rotary base and scaling, attention window) must agree."""
+    if file_cfg.arch == model_cfg.arch and file_cfg.tie_embeddings != model_cfg.tie_embeddings:
+        raise ValueError(f"{source} has tie_embeddings={file_cfg.tie_embeddings}, the model "
+                         f"tie_embeddings={model_cfg.tie_embeddings}")
+    fields = ("norm_eps",) + (("rope_theta", "rope_scaling", "sliding_window") if model_cfg.arch == "llama" else ())
+    for f in fields:
+        a, b = getattr(file_cfg, f), getattr(model_cfg, f)
+        same = np.isclose(a, b, rtol=1e-6, atol=0) if isinstance(a, float) and isinstance(b, float) else a == b
+        if not same:
+            raise ValueError(f"{source} has {f}={a}, the configured model {f}={b}; use model.preset='auto' "
+                             f"(the file's config: {dataclasses.asdict(file_cfg)})")
+
+
+def check_pretrained(config: Any, model_cfg: ModelConfig) -> None:
+    """The errors `load_pretrained` would raise for a HF checkpoint, from its config.json and headers only."""
+    init, path = config.model.init, config.model.init_path
+    if init not in HF_INITS:
+        return
+    from jaxprune.models import import_hf
+    source = f"{init} checkpoint {path!r}"
+    _check_architecture(import_hf.hf_model_config(path), model_cfg, source)
+    import_hf.check_checkpoint(path, model_cfg)
+
+
+def load_pretrained(config: Any, model_cfg: ModelConfig, shardings: Any = None,
+                    progress: bool = False) -> dict[str, Any]:
     """Float32 params for `model_cfg` from config.model.init_path; raises ValueError if shapes disagree.
 
+    shardings (a pytree of Shardings like the params): HF tensors are read straight into their device
+    shards, one tensor at a time; GGUF files are dequantised on the host, then placed.
     A learned position table longer than model_cfg.max_len is cut to max_len (a shorter context than the
     checkpoint's is fine); everything else must match exactly.
     """
     init, path = config.model.init, config.model.init_path
-    params, file_cfg = _load(init, path)
-    params = fit_positions(params, model_cfg)
     source = f"{init} file {path!r}"
-    if init == "gguf" and file_cfg.arch == model_cfg.arch and file_cfg.tie_embeddings != model_cfg.tie_embeddings:
-        raise ValueError(f"{source} has tie_embeddings={file_cfg.tie_embeddings}, the model "
-                         f"tie_embeddings={model_cfg.tie_embeddings}")
+    if init in HF_INITS:
+        from jaxprune.models import import_hf
+        file_cfg = import_hf.hf_model_config(path)
+        _check_architecture(file_cfg, model_cfg, source)
+        try:
+            params, _ = import_hf.load_hf(path, model_cfg, shardings=shardings, progress=progress)
+        except ValueError as e:  # a shape or name mismatch: say which preset the file's config matches
+            check_params_hint = _mismatch_hint(file_cfg, model_cfg)
+            raise ValueError(f"{e}{check_params_hint}") from None
+        return params
+    if init == "gguf":
+        from jaxprune.models import import_gguf
+        params, file_cfg = import_gguf.load_gguf(path, progress=progress)
+    else:
+        raise ValueError(f"load_pretrained handles model.init in {INITS}, got {init!r}")
+    params = fit_positions(params, model_cfg)
+    _check_architecture(file_cfg, model_cfg, source)
     check_params(params, model_cfg, source, file_cfg)
-    for f in ("norm_eps", "rope_theta"):
-        if model_cfg.arch == "llama" or f == "norm_eps":
-            a, b = getattr(file_cfg, f), getattr(model_cfg, f)
-            if not np.isclose(a, b, rtol=1e-6, atol=0):
-                raise ValueError(f"{source} has {f}={a}, the configured model {f}={b}; use a preset that matches "
-                                 f"(the file's config: {dataclasses.asdict(file_cfg)})")
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    return params if shardings is None else jax.device_put(params, shardings)
+
+
+def _mismatch_hint(file_cfg: ModelConfig, model_cfg: ModelConfig) -> str:
+    preset = matching_preset(file_cfg)
+    diff = ", ".join(f"{f}={getattr(file_cfg, f)} (model: {getattr(model_cfg, f)})" for f in _ARCH_FIELDS
+                     if getattr(file_cfg, f) != getattr(model_cfg, f))
+    if not diff:
+        return ""
+    return f"; the file's own config has {diff}; use " + (f"model.preset={preset!r} or " if preset else "") + \
+        "model.preset='auto'"
 
 
 def load_pretrained_tokenizer(config: Any) -> "tokenizers.Tokenizer":  # noqa: F821
     """The checkpoint's tokenizer: HF tokenizer.json or vocab.json + merges.txt; GGUF from its metadata."""
     init, path = config.model.init, config.model.init_path
-    if init == "hf_gpt2":
+    if init in HF_INITS:
         from jaxprune.models import import_hf
         return import_hf.load_hf_tokenizer(path)
     if init == "gguf":
