@@ -173,6 +173,33 @@ REQUIRED_FILES = {
 }
 
 
+def check_devices(config: ml_collections.ConfigDict, n_devices: int) -> None:
+    """Raises ConfigError if the mesh does not fit `n_devices` or a batch size is not a multiple of its
+    data x fsdp shards (checked before anything is compiled)."""
+    m = config.mesh
+    sizes = [m.data, m.fsdp, m.tensor]
+    known = 1
+    for s in sizes:
+        known *= s if s != -1 else 1
+    problems = []
+    if -1 in sizes:
+        if n_devices % known:
+            problems.append(f"mesh data/fsdp/tensor={sizes} needs a multiple of {known} devices; "
+                            f"{n_devices} are visible")
+        sizes[sizes.index(-1)] = max(n_devices // known, 1)
+    elif known != n_devices:
+        problems.append(f"mesh data/fsdp/tensor={sizes} needs {known} devices; {n_devices} are visible "
+                        f"(set one axis to -1 to use whatever is there)")
+    shards = sizes[0] * sizes[1]
+    if not problems:
+        for name, bs in (("pretrain", config.pretrain.batch_size), ("finetune", config.finetune.batch_size),
+                         ("eval", config.eval.batch_size)):
+            if bs % shards:
+                problems.append(f"{name}.batch_size={bs} must be a multiple of the mesh's data x fsdp = {shards}")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks a config before any compute; raises ConfigError listing every problem."""
     problems: list[str] = []

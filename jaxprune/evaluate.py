@@ -7,16 +7,19 @@ The config must be the one the run was trained with: the run directory checks it
 which leaves out every `eval.*` key, so tasks and sizes can change here. `--stages=all`
 takes every stage in the run's results.jsonl. The run may still be running (nothing is
 written to it unless --out names it). For each stage, OUT/eval/<stage>.{md,json} is
-written and one line {"stage", "metrics"} is appended to OUT/eval/evaluations.jsonl.
+written and one line {"stage", "eval", "metrics"} is appended to OUT/eval/evaluations.jsonl;
+`python -m jaxprune.report WORKDIR` merges these lines into its tables and plots.
+Exit codes and error lines follow `jaxprune.main` (2 for a config, data or workdir problem).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jaxprune import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file, e.g. configs/gpt_lambada.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.")
@@ -25,37 +28,44 @@ _OUT = flags.DEFINE_string("out", None, "Where eval/ goes (default: the run dire
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    with cli.user_errors():
+        evaluate(_CONFIG.value, Path(_WORKDIR.value), _STAGES.value, Path(_OUT.value or _WORKDIR.value))
+
+
+def evaluate(config, workdir: Path, stage_names: list[str], out: Path) -> None:
+    """Evaluates the final checkpoints of `stage_names` (or ["all"]) of the run in `workdir`."""
     from jaxprune.config import ConfigError
-    from jaxprune.experiment import Experiment, plan, read_results
+    from jaxprune.experiment import EVALUATIONS, Experiment, plan, read_results
+    from jaxprune.training.checkpoint import CheckpointError
     from jaxprune.training.loop import append_jsonl, final_state
 
-    config = _CONFIG.value
-    try:
-        exp = Experiment(config, _WORKDIR.value, progress=False, read_only=True)
-    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    if not (workdir / "config.json").is_file():
+        raise ConfigError(f"{workdir} holds no jaxprune run (no config.json): run python -m jaxprune.main first")
+    exp = Experiment(config, workdir, progress=False, read_only=True)
     finished = [r["stage"] for r in read_results(exp.workdir)]
-    names = finished if _STAGES.value == ["all"] else _STAGES.value
+    names = finished if stage_names == ["all"] else stage_names
     stages = {s.name: s for s in plan(config)}
-    problems = [f"the config has no stage {n!r}" for n in names if n not in stages]
+    problems = [f"the config has no stage {n!r} (its stages: {', '.join(stages)})" for n in names if n not in stages]
     problems += [f"stage {n!r} is not finished in {exp.workdir}" for n in names if n in stages and n not in finished]
+    if not names:
+        problems.append(f"{exp.workdir} has no finished stage yet")
     if problems:
-        sys.exit("error: " + "; ".join(problems))
-    out = Path(_OUT.value or exp.workdir)
+        raise ConfigError("; ".join(problems))
     for name in names:
         stage = stages[name]
         abstract = exp._abstract_state(stage, masked=stage.kind == "pruned")
         state = final_state(exp.workdir / name, abstract, {"digest": exp.digest, "phase": name})
         if state is None:
-            sys.exit(f"error: {exp.workdir / name} has no checkpoint")
+            raise CheckpointError(f"{exp.workdir / name} has no checkpoint")
         metrics = exp.evaluate(state.params, tag=name, out_dir=out)
-        append_jsonl(out / "eval" / "evaluations.jsonl", {"stage": name, "metrics": metrics})
+        append_jsonl(out / EVALUATIONS, {"stage": name, "eval": exp._eval_settings(), "metrics": metrics})
         print(f"[{name}] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)),
               flush=True)
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser("config"))

@@ -16,7 +16,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,19 +30,22 @@ import numpy as np
 
 from jaxprune import parallel, sparsity
 from jaxprune import workdir as workdir_lock
-from jaxprune.config import CALIBRATED_METHODS, data_dir, model_config, validate
+from jaxprune.config import (CALIBRATED_METHODS, PRETRAINED_INITS, ConfigError, check_devices, data_dir, model_config,
+                             validate)
 from jaxprune.data import corpus
+from jaxprune.data.errors import DataError
 from jaxprune.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from jaxprune.evaluation.harness import write_text_atomic
 from jaxprune.evaluation.scoring import ModuleApply
 from jaxprune.models import build_model, init_params, logical_axes
 from jaxprune.sparsity.masks import leaves_with_paths
 from jaxprune.training.loop import (Phase, Preempted, append_jsonl, final_state, handle_sigterm,
-                                    preemption_requested, repair_jsonl, run_phase)
+                                    preemption_requested, repair_jsonl, run_phase, write_scalars)
 from jaxprune.training.state import TrainState, create_state
-from jaxprune.training.step import make_eval_step, make_optimizer, make_train_step
+from jaxprune.training.step import lr_schedule, make_eval_step, make_optimizer, make_train_step
 
 RESULTS = "results.jsonl"
+EVALUATIONS = "eval/evaluations.jsonl"  # jaxprune.evaluate and evaluations of missing tasks on finished stages
 BEFORE_FINETUNE = "before_finetune.json"  # metrics of a pruned stage before its fine-tuning (eval.before_finetune)
 CALIBRATION_KEYS = ("calibration_samples", "calibration_batch", "sparsegpt_blocksize", "sparsegpt_damp")
 
@@ -102,9 +107,14 @@ def read_results(workdir: Path, repair: bool = False) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {n}: malformed JSON ({e.msg})") from e
+            raise DataError(f"{path}: line {n}: malformed JSON ({e.msg}); the file is written only by jaxprune: "
+                            f"restore it or delete that line (its stage then reruns)") from e
+        if not isinstance(row, dict) or not isinstance(row.get("stage"), str):
+            raise DataError(f"{path}: line {n}: not a results row (expected an object with a 'stage'); restore "
+                            f"the file or delete that line (its stage then reruns)")
+        rows.append(row)
     return rows
 
 
@@ -122,27 +132,64 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _config_diff(saved: Any, config: ml_collections.ConfigDict, limit: int = 4) -> str:
+    """The keys whose values differ between a saved config.json and `config`, e.g. 'finetune.lr: 0.0003 -> 1'."""
+    old = _flat(saved.get("config", {})) if isinstance(saved, dict) else {}
+    new = _flat(json.loads(config.to_json_best_effort()))
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+            and not k.startswith(("eval.", "checkpoint.")) and not k.endswith(".log_every")]
+    shown = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:limit]]
+    return ", ".join(shown + ([f"{len(keys) - limit} more"] if len(keys) > limit else [])) or "unknown changes"
+
+
 # ---------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------
-def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path):
+def pretrained_file_error(config: ml_collections.ConfigDict, e: Exception) -> DataError:
+    """A model file that cannot be read (missing, truncated, not GGUF, hub offline...) as one DataError."""
+    text = " ".join(str(e).split()) if not isinstance(e, ConnectionError) else str(e)
+    path = config.model.init_path
+    return DataError(text if path in text else f"model.init_path {path!r}: {text}")
+
+
+def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: Path, progress: bool = False):
     """The configured tokenizer, or a byte-level BPE trained once and saved in the workdir."""
     if config.data.tokenizer:
         return load_tokenizer(config.data.tokenizer)
-    if config.model.init in ("hf_gpt2", "gguf"):  # a pretrained model brings its own tokenizer
+    if config.model.init in PRETRAINED_INITS:  # a pretrained model brings its own tokenizer
         from jaxprune.models import load_pretrained_tokenizer
-        return load_pretrained_tokenizer(config)
+        try:
+            return load_pretrained_tokenizer(config)
+        except (ValueError, KeyError, OSError) as e:  # the user's model file (OSError: also hub offline)
+            raise pretrained_file_error(config, e) from e
     path = workdir / "tokenizer.json"
     if path.is_file():
         return load_tokenizer(path)
     texts = corpus.load_texts(config.data.source, "train", data_dir(config), tuple(config.data.files),
                               max_bytes=config.data.tokenizer_train_bytes)
-    tok = train_bpe(texts, model_config(config).vocab_size)
+    _log(f"training a {model_config(config).vocab_size}-token BPE tokenizer on "
+         f"{sum(map(len, texts)) / 1e6:.1f} M characters")
+    tok = train_bpe(texts, model_config(config).vocab_size, progress=progress)
     save_tokenizer(tok, path)
     return tok
 
 
-def prepare_tokens(config: ml_collections.ConfigDict, workdir: Path, tok) -> tuple[np.ndarray, np.ndarray]:
+def _log(line: str) -> None:
+    """A progress line on stderr (always shown; --progress only controls the bars)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def prepare_tokens(config: ml_collections.ConfigDict, workdir: Path, tok,
+                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Tokenised (train, validation) text, cached."""
     cache = Path(config.data.cache_dir) if config.data.cache_dir else workdir / "cache"
     d, src = data_dir(config), config.data.source
@@ -151,8 +198,8 @@ def prepare_tokens(config: ml_collections.ConfigDict, workdir: Path, tok) -> tup
         val = [corpus.read_text(Path(f)) for f in config.data.eval_files] or train[-1:]
     else:
         val = corpus.load_texts(src, "validation", d, max_bytes=config.data.max_eval_bytes)
-    return (corpus.tokenize(tok, train, cache, key=f"{src}/train"),
-            corpus.tokenize(tok, val, cache, key=f"{src}/validation"))
+    return (corpus.tokenize(tok, train, cache, key=f"{src}/train", progress=progress),
+            corpus.tokenize(tok, val, cache, key=f"{src}/validation", progress=progress))
 
 
 # ---------------------------------------------------------------------------
@@ -166,54 +213,124 @@ class Experiment:
         """`read_only` is for inspecting a run (evaluating its checkpoints) while it may still be running:
         the workdir lock is not checked; `run()` must not be called."""
         validate(config)
+        check_devices(config, jax.device_count())
         self.config, self.workdir, self.progress = config, Path(workdir), progress
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.digest = config_digest(config)
         self.read_only = read_only
         self.prune_seconds: dict[str, float] = {}
-        if not read_only:
+        self.saved_config: dict | None = None  # WORKDIR/config.json of an earlier run of this config
+        if read_only:
+            if not self.workdir.is_dir():
+                raise ConfigError(f"workdir {str(self.workdir)!r} does not exist")
+        else:
+            self._check_writable()
             workdir_lock.check(self.workdir)  # refuse early; run() takes the lock
         self._check_workdir()
+        self._check_init_checkpoint()
         self._check_task_data()
 
         self.mesh = parallel.make_mesh(config.mesh)
         self.rules = parallel.rules(config.mesh)
-        self.tokenizer = prepare_tokenizer(config, self.workdir)
         mcfg = model_config(config)
-        if self.tokenizer.get_vocab_size() > mcfg.vocab_size:
-            raise ValueError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but model.vocab_size is "
-                             f"{mcfg.vocab_size}")
         self.model_cfg = mcfg
         self.model = build_model(mcfg)
         self.seq_len = mcfg.max_len
-        self.train_tokens, self.val_tokens = prepare_tokens(config, self.workdir, self.tokenizer)
+        self._check_prunable()
+        self.tokenizer = prepare_tokenizer(config, self.workdir, progress)
+        if self.tokenizer.get_vocab_size() > mcfg.vocab_size:
+            where = config.data.tokenizer or (config.model.init_path if config.model.init in PRETRAINED_INITS
+                                              else str(self.workdir / "tokenizer.json"))
+            raise ConfigError(f"invalid config:\n  - model.vocab_size={mcfg.vocab_size} is smaller than the "
+                              f"{self.tokenizer.get_vocab_size()} tokens of the tokenizer {where}; set "
+                              f"model.vocab_size >= {self.tokenizer.get_vocab_size()} or use another tokenizer")
+        self.train_tokens, self.val_tokens = prepare_tokens(config, self.workdir, self.tokenizer, progress)
+        self._check_token_counts()
 
         self.param_sh = parallel.param_shardings(logical_axes(self.model), self.mesh, self.rules)
         self.batch_sh = parallel.batch_sharding(self.mesh)
         shards = parallel.batch_shards(self.batch_sh)
-        for name, bs in (("pretrain", config.pretrain.batch_size), ("finetune", config.finetune.batch_size),
-                         ("eval", config.eval.batch_size)):
-            if bs % shards:
-                raise ValueError(f"{name}.batch_size {bs} must be a multiple of the mesh's data x fsdp = {shards}")
         self.eval_step = jax.jit(make_eval_step(self.model.apply), in_shardings=(self.param_sh, self.batch_sh),
                                  out_shardings=parallel.replicated(self.mesh))
         self.heldout = [parallel.global_batch(b, self.batch_sh if len(b) % shards == 0 else
                                               parallel.replicated(self.mesh)) for b in corpus.eval_batches(
             self.val_tokens, self.seq_len, config.eval.batch_size, config.eval.heldout_batches)]
         self._fns: dict = {}
+        self.evaluate_command: str | None = None
         self._prune_fn = None
         self._groups = None
 
+    def _check_writable(self) -> None:
+        """The workdir (or the nearest existing parent it would be created in) must be writable."""
+        d = self.workdir
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"--workdir {str(d)!r} is a file, not a directory")
+        parent = d
+        while not parent.exists():
+            parent = parent.parent
+        try:  # a probe file: permission bits alone miss read-only filesystems (and root ignores them)
+            fd, probe = tempfile.mkstemp(prefix=".jaxprune-probe-", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError(f"--workdir {str(d)!r} is not writable ({str(parent)!r}: {e.strerror}); use another "
+                              f"--workdir") from e
+
     def _check_workdir(self) -> None:
+        """A workdir that holds a run must hold this config's run; its results.jsonl must be readable."""
         path = self.workdir / "config.json"
         if path.is_file():
-            saved = json.loads(path.read_text())
-            if saved.get("digest") != self.digest:
-                raise ValueError(f"{self.workdir} holds a run with a different config (digest "
-                                 f"{saved.get('digest')} vs {self.digest}); use a new --workdir")
-        else:
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise DataError(f"{path}: unreadable ({e}); it records which config owns {self.workdir}") from e
+            if not isinstance(saved, dict) or saved.get("digest") != self.digest:
+                raise ConfigError(f"{self.workdir} holds a run with a different config ({_config_diff(saved, self.config)}; "
+                                  f"digest {saved.get('digest') if isinstance(saved, dict) else None} vs "
+                                  f"{self.digest}): use a new --workdir, or the config that run was started with")
+            self.saved_config = saved
+        read_results(self.workdir)  # a malformed line fails now, not after the next stage's training
+
+    def _claim_workdir(self) -> None:
+        """Writes WORKDIR/config.json once every check has passed (a failed run leaves the workdir unclaimed)."""
+        path = self.workdir / "config.json"
+        if not path.is_file() and parallel.is_primary():
             write_text_atomic(path, json.dumps({"digest": self.digest, "config": json.loads(
                 self.config.to_json_best_effort())}, indent=1))
+
+    def _check_init_checkpoint(self) -> None:
+        """model.init=checkpoint must name the finished dense stage of another run."""
+        if self.config.model.init != "checkpoint":
+            return
+        stage_dir = Path(self.config.model.init_path)
+        if not (stage_dir / "checkpoints").is_dir() or not (stage_dir.parent / RESULTS).is_file():
+            raise ConfigError(f"invalid config:\n  - model.init_path {str(stage_dir)!r} is not a stage directory "
+                              f"of a jaxprune run (expected {stage_dir / 'checkpoints'} and "
+                              f"{stage_dir.parent / RESULTS}), e.g. runs/gpt_lambada/dense")
+        if stage_dir.name not in {r["stage"] for r in read_results(stage_dir.parent)}:
+            raise ConfigError(f"invalid config:\n  - model.init_path {str(stage_dir)!r} is not finished "
+                              f"({stage_dir.parent / RESULTS} has no {stage_dir.name!r} row): wait for that run's "
+                              f"stage to end")
+
+    def _check_prunable(self) -> None:
+        """pruning.include/exclude must select at least one parameter when the plan prunes."""
+        if not any(s.kind == "pruned" for s in plan(self.config)):
+            return
+        pr = self.config.pruning
+        abstract = self._abstract_params()
+        masks = jax.eval_shape(lambda p: sparsity.create_masks(p, pr.include, pr.exclude), abstract)
+        if not [m for _, m in leaves_with_paths(masks) if m is not None]:
+            paths = [p for p, _ in leaves_with_paths(abstract)]
+            raise ConfigError(f"invalid config:\n  - pruning.include {tuple(pr.include)} (minus pruning.exclude "
+                              f"{tuple(pr.exclude)}) matches no parameter; parameter paths look like "
+                              f"{', '.join(paths[:3])}")
+
+    def _check_token_counts(self) -> None:
+        """Enough tokenised text for one batch of every phase that trains, and one held-out window."""
+        for name, phase in (("pretrain", self.config.pretrain), ("finetune", self.config.finetune)):
+            steps = phase.steps if name == "finetune" or self.config.model.init == "scratch" else 0
+            if steps:
+                corpus.train_batches(self.train_tokens, self.seq_len, phase.batch_size, self.config.seed)
+        corpus.PackedSequences(self.val_tokens, self.seq_len)
 
     def _check_task_data(self) -> None:
         """Reads every configured evaluation task now, so a broken file fails before any compute."""
@@ -310,10 +427,12 @@ class Experiment:
                 jax.device_put(masks, parallel.mask_shardings(masks, self.param_sh)))
 
     # -- evaluation ----------------------------------------------------------
-    def evaluate(self, params, tag: str = "tasks", out_dir: Path | None = None) -> dict:
-        """Held-out loss/perplexity (always: it is the pipeline's primary metric) plus every configured task;
-        task tables go to OUT_DIR/eval/<tag>.{md,json} (default: the workdir)."""
+    def evaluate(self, params, tag: str = "tasks", out_dir: Path | None = None,
+                 tasks: list[str] | None = None) -> dict:
+        """Held-out loss/perplexity (always: it is the pipeline's primary metric) plus every configured task
+        (or `tasks`); task tables go to OUT_DIR/eval/<tag>.{md,json} (default: the workdir)."""
         metrics: dict[str, float] = {}
+        t0 = time.perf_counter()
         nll = tokens = 0.0
         for b in self.heldout:
             s, n = self.eval_step(params, b)
@@ -321,11 +440,13 @@ class Experiment:
         metrics["heldout_loss"] = nll / tokens
         metrics["heldout_ppl"] = float(np.exp(nll / tokens))
         metrics["heldout_tokens"] = int(tokens)
-        tasks = [t for t in self.config.eval.tasks if t != "heldout"]
+        _log(f"[{tag}] held-out perplexity {metrics['heldout_ppl']:.4g} ({int(tokens)} tokens, "
+             f"{time.perf_counter() - t0:.1f} s)")
+        tasks = [t for t in (self.config.eval.tasks if tasks is None else tasks) if t != "heldout"]
         if tasks:
             from jaxprune.evaluation import harness
             metrics.update(harness.evaluate_tasks(
-                tasks, self.model, params, self.tokenizer, self.config.eval, data_dir(self.config),
+                _Announced(tasks, tag), self.model, params, self.tokenizer, self.config.eval, data_dir(self.config),
                 out_dir=(out_dir or self.workdir) if parallel.is_primary() else None, tag=tag,
                 apply_fn=ModuleApply(self.model, self.batch_sh)))
         return metrics
@@ -361,7 +482,11 @@ class Experiment:
             params = self._params_from_run(Path(self.config.model.init_path), abstract)
         else:
             from jaxprune.models import load_pretrained  # imported weights (HF GPT-2 safetensors, GGUF)
-            params = load_pretrained(self.config, self.model_cfg)
+            _log(f"[dense] loading {self.config.model.init} weights from {self.config.model.init_path}")
+            try:
+                params = load_pretrained(self.config, self.model_cfg)
+            except (ValueError, KeyError, OSError) as e:  # a damaged file, or one that does not fit the preset
+                raise pretrained_file_error(self.config, e) from e
         params = jax.device_put(params, self.param_sh)
         return create_state(params, tx, None, self.config.seed)
 
@@ -375,7 +500,8 @@ class Experiment:
                                f"{stage_dir.name!r} row): wait for that run's stage to end")
         state = final_state(stage_dir, abstract)
         if state is None:
-            raise FileNotFoundError(f"{stage_dir / 'checkpoints'} holds no finished checkpoint")
+            from jaxprune.training.checkpoint import CheckpointError
+            raise CheckpointError(f"{stage_dir / 'checkpoints'} holds no finished checkpoint")
         return state.params
 
     def _init_stage(self, stage: Stage) -> TrainState:
@@ -392,6 +518,8 @@ class Experiment:
                                 out_shardings=jax.tree.map(lambda a: a.sharding, abstract.masks))(params)
             if not stage.gradual:
                 rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1000 + stage.index))
+                _log(f"[{stage.name}] pruning to {stage.rate:g} ({self.config.pruning.method}, "
+                     f"{self.config.pruning.pattern})")
                 t0 = time.perf_counter()
                 params, masks = jax.block_until_ready(self.prune(params, masks, stage.rate, rng))
                 self.prune_seconds[stage.name] = time.perf_counter() - t0
@@ -431,9 +559,15 @@ class Experiment:
             log_every=phase_cfg.log_every, eval_every=phase_cfg.eval_every,
             checkpoint_every=self.config.checkpoint.every_steps, max_to_keep=self.config.checkpoint.max_to_keep,
             evaluate=self.evaluate, prune=self._gradual_hook(stage) if stage.gradual else None,
-            meta={"digest": self.digest}, progress=self.progress)
+            meta={"digest": self.digest}, progress=self.progress, lr_schedule=lr_schedule(phase_cfg),
+            tensorboard_dir=self.workdir / "tensorboard" if parallel.is_primary() else None)
+        what = {"dense": "pretrain", "pruned": f"prune to {stage.rate:g}, then fine-tune",
+                "control": "fine-tune (unpruned)"}[stage.kind]
+        _log(f"[{stage.name}] {what} {stage.steps} steps" if stage.steps else f"[{stage.name}] {what.split(',')[0]}")
         state = run_phase(phase, init)
         metrics = self.evaluate(state.params, tag=stage.name)
+        if parallel.is_primary():
+            write_scalars(self.workdir / "tensorboard" / stage.name, stage.steps, metrics, "eval")
         row = self._result_row(stage, state, metrics, time.time() - t0)
         if stage.name in self.prune_seconds:  # wall time of scoring + selection (+ calibration), compile included
             row["prune_seconds"] = round(self.prune_seconds[stage.name], 2)
@@ -495,19 +629,27 @@ class Experiment:
         next step or stage boundary with everything saved (raises Preempted)."""
         if self.read_only:
             raise RuntimeError("this Experiment was opened read_only; it cannot run stages")
+        self.workdir.mkdir(parents=True, exist_ok=True)
         lock = workdir_lock.WorkdirLock(self.workdir) if parallel.is_primary() else contextlib.nullcontext()
         with lock, handle_sigterm():
-            return self._run()
+            self._claim_workdir()
+            rows = self._run()
+            if self._evaluate_missing(rows):
+                rows = read_results(self.workdir)
+            return rows
 
     def _run(self) -> list[dict]:
         done = {r["stage"] for r in read_results(self.workdir, repair=parallel.is_primary())}
-        for stage in plan(self.config):
+        stages = plan(self.config)
+        for n, stage in enumerate(stages, start=1):
             if stage.name in done:
                 continue
+            _log(f"stage {n}/{len(stages)}: {stage.name}")
             if preemption_requested():
                 raise Preempted(f"stopped by SIGTERM before stage {stage.name}; every finished stage is saved. "
                                 f"Rerun the same command to resume.")
             row = self.run_stage(stage)
+            row["eval"] = self._eval_settings()
             if stage.kind == "dense":
                 row["metrics"]["unigram_ppl"] = self.unigram_ppl()
             if parallel.is_primary():
@@ -516,6 +658,109 @@ class Experiment:
             print(f"[{stage.name}] sparsity={row['sparsity']:.4f} "
                   + " ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)), flush=True)
         return read_results(self.workdir)
+
+    # -- evaluation settings changed on finished stages ------------------------
+    def _eval_settings(self) -> dict:
+        """The eval.* settings that change a metric's value (not tasks, batch size or before_finetune)."""
+        e = self.config.eval
+        return {k: e.get(k) for k in ("shots", "max_examples", "heldout_batches", "ppl_windows") if k in e}
+
+    def _row_eval_settings(self, row: dict) -> dict:
+        if "eval" in row:
+            return row["eval"]
+        saved = (self.saved_config or {}).get("config", {}).get("eval", {})  # rows from before rows kept it
+        return {k: saved.get(k) for k in self._eval_settings()}
+
+    def _changed_settings(self, row: dict) -> list[str]:
+        """The eval.* settings that differ from those `row`'s metrics were computed with, among those that
+        matter for them: heldout_batches (held-out), ppl_windows (corpus perplexities), shots and
+        max_examples (the other tasks)."""
+        from jaxprune.evaluation.perplexity import CORPORA
+        old, new = self._row_eval_settings(row), self._eval_settings()
+        tasks = {k.split("_")[0] for k in row["metrics"]}
+        corpus_tasks = any(k.startswith(tuple(f"{c}_" for c in CORPORA)) for k in row["metrics"])
+        other_tasks = any(k.startswith(f"{t}_") for t in self.config.eval.tasks if t != "heldout"
+                          and t not in CORPORA for k in row["metrics"])
+        matters = {"heldout_batches": "heldout" in tasks, "ppl_windows": corpus_tasks,
+                   "shots": other_tasks, "max_examples": other_tasks}
+        return [f"eval.{k}: {old.get(k)} -> {new.get(k)}" for k in new if matters.get(k) and old.get(k) != new.get(k)]
+
+    def _evaluate_missing(self, rows: list[dict]) -> bool:
+        """Finished stages lacking a configured task's metrics are evaluated on their final checkpoints now
+        (appended to eval/evaluations.jsonl, which the report merges); stages evaluated with other eval.*
+        settings are named, with the command that re-evaluates them. Returns whether anything was evaluated."""
+        done = {r["stage"]: r for r in rows}
+        extra: dict[str, set] = {}
+        evaluations = self.workdir / EVALUATIONS
+        if evaluations.is_file():
+            for r in _read_jsonl(evaluations):
+                if r.get("eval", self._eval_settings()) == self._eval_settings():
+                    extra.setdefault(r["stage"], set()).update(r.get("metrics", {}))
+        evaluated, stale = False, []
+        for stage in plan(self.config):
+            row = done.get(stage.name)
+            if row is None:
+                continue
+            changed = self._changed_settings(row)
+            if changed:
+                stale.append(f"{stage.name} ({', '.join(changed)})")
+            have = set(row["metrics"]) | extra.get(stage.name, set())
+            missing = [t for t in self.config.eval.tasks if t != "heldout" and not any(
+                k.startswith(f"{t}_") for k in have)]
+            if not missing:
+                continue
+            _log(f"[{stage.name}] finished before eval.tasks had {', '.join(missing)}: evaluating its final "
+                 f"checkpoint on them")
+            abstract = self._abstract_state(stage, masked=stage.kind == "pruned")
+            state = final_state(self.workdir / stage.name, abstract, {"digest": self.digest, "phase": stage.name})
+            if state is None:
+                from jaxprune.training.checkpoint import CheckpointError
+                raise CheckpointError(f"{self.workdir / stage.name} has no final checkpoint to evaluate")
+            metrics = self.evaluate(state.params, tag=f"{stage.name}_extra", tasks=missing)
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("heldout_")}
+            if parallel.is_primary():
+                append_jsonl(self.workdir / EVALUATIONS, {"stage": stage.name, "eval": self._eval_settings(),
+                                                          "metrics": metrics})
+            evaluated = True
+        if stale:
+            cmd = self.evaluate_command or "python -m jaxprune.evaluate --config=... --workdir=... --stages=all"
+            _log(f"note: finished stages were evaluated with other settings: {'; '.join(stale)}. Their "
+                 f"results.jsonl metrics are kept; to re-evaluate them with these settings: {cmd}")
+        return evaluated
+
+
+class _Announced(list):
+    """A task list that prints one line as the harness starts each task (with the previous one's time)."""
+
+    def __init__(self, tasks: list[str], tag: str):
+        super().__init__(tasks)
+        self.tag = tag
+
+    def __iter__(self):
+        for i, name in enumerate(list.__iter__(self), start=1):
+            t0 = time.perf_counter()
+            _log(f"[{self.tag}] task {name} ({i}/{len(self)})")
+            yield name
+            _log(f"[{self.tag}] task {name} done in {time.perf_counter() - t0:.1f} s")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSONL file written by append_jsonl (a partial last line is skipped)."""
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines = lines[:-1]
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n}: malformed JSON ({e.msg})") from e
+        if isinstance(row, dict) and isinstance(row.get("stage"), str):
+            out.append(row)
+    return out
 
 
 def check_no_empty_layers(masks: Any, where: str) -> None:
@@ -526,6 +771,11 @@ def check_no_empty_layers(masks: Any, where: str) -> None:
                            f"pruning.scope='layerwise', or exclude these layers (pruning.exclude)")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> list[dict]:
-    """Validates the config, then runs (or resumes) every stage; returns the results rows."""
-    return Experiment(config, workdir, progress).run()
+def run(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True,
+        evaluate_command: str | None = None) -> list[dict]:
+    """Validates the config, then runs (or resumes) every stage; returns the results rows.
+    `evaluate_command` is the `jaxprune.evaluate` command printed when finished stages were evaluated with
+    other eval settings."""
+    exp = Experiment(config, workdir, progress)
+    exp.evaluate_command = evaluate_command
+    return exp.run()

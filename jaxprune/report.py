@@ -2,10 +2,14 @@
 
     python -m jaxprune.report WORKDIR [WORKDIR ...] [--out DIR]
 
-Writes report.md, results.csv and PNG plots (each metric against sparsity, one line
-per run; per-layer sparsity of each run's sparsest model) into the first WORKDIR or
---out. Each pruned row is shown against the original dense model and against its
-control: the dense model fine-tuned for the same number of steps on the same batches.
+Writes report.md, results.csv and PNG plots (each metric that varies against sparsity,
+one colour per run, with the dense model as a reference line, the matched controls and
+the before-fine-tune points; per-layer sparsity of each run's sparsest model as bars)
+into the first WORKDIR or --out. Each pruned row is shown against the original dense
+model and against its control: the dense model fine-tuned for the same number of steps
+on the same batches. Metrics that `jaxprune.evaluate` (or a rerun with more eval.tasks)
+wrote to WORKDIR/eval/evaluations.jsonl join their stage's row, each metric once: a
+metric of results.jsonl is kept, one it lacks comes from the newest evaluation line.
 """
 
 from __future__ import annotations
@@ -21,28 +25,66 @@ LOWER_IS_BETTER = ("loss", "ppl")
 SKIP = ("_n", "_tokens", "_windows")
 
 
+def _jsonl(path: Path) -> list[dict]:
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines = lines[:-1]  # an interrupted append
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n}: malformed JSON ({e.msg})") from e
+            if not isinstance(row, dict) or "stage" not in row or not isinstance(row.get("metrics"), dict):
+                raise ValueError(f"{path}: line {n}: not a row with 'stage' and 'metrics'")
+            rows.append(row)
+    return rows
+
+
 def load_run(workdir: Path) -> list[dict]:
+    """results.jsonl rows, each with the metrics of eval/evaluations.jsonl it lacks merged in."""
     path = Path(workdir) / "results.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a jaxprune run directory?")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: malformed JSON ({e.msg})") from e
+    rows = _jsonl(path)
+    evaluations = Path(workdir) / "eval" / "evaluations.jsonl"
+    if evaluations.is_file():
+        return merge_evaluations(rows, _jsonl(evaluations))
     return rows
+
+
+def merge_evaluations(rows: list[dict], evaluations: list[dict]) -> list[dict]:
+    """Adds to each row the metrics of its stage's evaluation lines that it lacks (the newest line wins);
+    `evaluated_metrics` lists them. Evaluations of stages without a row are ignored."""
+    latest: dict[str, dict] = {}
+    for e in evaluations:
+        latest.setdefault(e["stage"], {}).update(e["metrics"])
+    out = []
+    for r in rows:
+        extra = {k: v for k, v in latest.get(r["stage"], {}).items() if k not in r["metrics"]}
+        if extra:
+            r = dict(r, metrics={**r["metrics"], **extra}, evaluated_metrics=sorted(extra))
+        out.append(r)
+    return out
 
 
 def metric_names(runs: dict[str, list[dict]]) -> list[str]:
     names: list[str] = []
     for rows in runs.values():
-        for r in rows:
+        for r in with_before_finetune(rows):
             for k, v in r["metrics"].items():
                 if k not in names and isinstance(v, (int, float)) and not k.endswith(SKIP) and k != "unigram_ppl":
                     names.append(k)
     return names
+
+
+def varying(runs: dict[str, list[dict]], metric: str) -> bool:
+    """Whether `metric` takes more than one value over all rows (a constant is not worth a plot)."""
+    values = {r["metrics"][metric] for rows in runs.values() for r in with_before_finetune(rows)
+              if isinstance(r["metrics"].get(metric), (int, float))}
+    return len(values) > 1
 
 
 def control_for(row: dict, rows: list[dict]) -> dict | None:
@@ -116,6 +158,13 @@ def markdown(runs: dict[str, list[dict]], rows: list[dict], metrics: list[str], 
         if dense and "unigram_ppl" in dense["metrics"]:
             lines.append(f"- `{run}`: dense held-out perplexity {dense['metrics']['heldout_ppl']:.2f}; the unigram "
                          f"model of the training tokens scores {dense['metrics']['unigram_ppl']:.2f}.")
+    evaluated = sorted({m for rr in runs.values() for r in rr for m in r.get("evaluated_metrics", [])})
+    if evaluated:
+        lines.append(f"- From `eval/evaluations.jsonl` (`jaxprune.evaluate`, or a rerun with more `eval.tasks`): "
+                     f"{', '.join(f'`{m}`' for m in evaluated)}.")
+    if any("metrics_before_finetune" in r for rr in runs.values() for r in rr):
+        lines.append("- `STAGE@0` rows: the pruned model right after pruning, before its fine-tuning "
+                     "(`eval.before_finetune`).")
     lines += ["", "Deltas are this row minus the original dense model (`vs dense`) and minus the dense model "
               "fine-tuned for the same total steps on the same batches (`vs control`). For perplexity and loss, "
               "negative is better; for accuracy and exact match, positive is better.", ""]
@@ -133,52 +182,74 @@ def markdown(runs: dict[str, list[dict]], rows: list[dict], metrics: list[str], 
     return "\n".join(lines)
 
 
+def _label(metric: str) -> str:
+    better = "lower is better" if metric.endswith(LOWER_IS_BETTER) else "higher is better"
+    return f"{metric} ({better})"
+
+
 def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> list[str]:
+    """One PNG per metric that varies (metric vs sparsity) and layer_sparsity.png; returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     files = []
     for m in metrics:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for run, rows in runs.items():
+        if not varying(runs, m):
+            continue
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        for i, (run, rows) in enumerate(runs.items()):
+            colour = colours[i % len(colours)]
+            dense = next((r for r in rows if r["kind"] == "dense" and m in r["metrics"]), None)
+            if dense is not None:
+                ax.axhline(dense["metrics"][m], color=colour, linestyle=":", linewidth=1, label=f"{run}: dense")
             chain = sorted((r for r in rows if r["kind"] in ("dense", "pruned") and m in r["metrics"]),
                            key=lambda r: r["sparsity"])
             if chain:
-                ax.plot([r["sparsity"] for r in chain], [r["metrics"][m] for r in chain], marker="o", label=run)
+                ax.plot([r["sparsity"] for r in chain], [r["metrics"][m] for r in chain], color=colour,
+                        marker="o", label=f"{run}: pruned" + (" + fine-tuned" if any(
+                            r.get("finetune_steps") for r in chain) else ""))
+            before = sorted((r["sparsity"], r["metrics_before_finetune"][m]) for r in chain
+                            if m in r.get("metrics_before_finetune", {}))
+            if before:
+                ax.plot([x for x, _ in before], [y for _, y in before], color=colour, linestyle="none",
+                        marker="o", markerfacecolor="white", label=f"{run}: pruned, before fine-tuning")
             # Each control sits at the sparsity of the pruned stage with the same fine-tuning budget.
             pairs = [(r["sparsity"], control_for(r, rows)) for r in chain]
             pairs = sorted((x, c["metrics"][m]) for x, c in pairs if c is not None and m in c["metrics"])
             if pairs:
-                ax.plot([x for x, _ in pairs], [y for _, y in pairs], linestyle="--", marker="x",
-                        label=f"{run}: dense + same fine-tuning steps")
+                ax.plot([x for x, _ in pairs], [y for _, y in pairs], color=colour, linestyle="--", marker="x",
+                        label=f"{run}: control (dense, same fine-tuning steps)")
         ax.set_xlabel("sparsity of prunable weights")
-        ax.set_ylabel(m)
+        ax.set_ylabel(_label(m))
+        ax.set_title(f"{m} vs sparsity")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         name = f"{m}_vs_sparsity.png"
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        fig.savefig(out / name, dpi=120, bbox_inches="tight")
         plt.close(fig)
         files.append(name)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for run, rows in runs.items():
-        pruned = [r for r in rows if r["kind"] == "pruned"]
-        if not pruned:
-            continue
-        last = max(pruned, key=lambda r: r["sparsity"])
-        names = list(last["layer_sparsity"])
-        ax.plot(range(len(names)), [last["layer_sparsity"][n] for n in names], marker="o",
-                label=f"{run}: {last['stage']}")
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([n.replace("/kernel", "") for n in names], rotation=90, fontsize=6)
-    ax.set_ylabel("sparsity")
+    sparsest = {run: max((r for r in rows if r["kind"] == "pruned"), key=lambda r: r["sparsity"])
+                for run, rows in runs.items() if any(r["kind"] == "pruned" for r in rows)}
+    if not sparsest:
+        return files
+    names = list(dict.fromkeys(n for r in sparsest.values() for n in r["layer_sparsity"]))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.22 * len(names) * max(1, len(sparsest))), 4))
+    width = 0.8 / len(sparsest)
+    for i, (run, last) in enumerate(sparsest.items()):
+        xs = [j + (i - (len(sparsest) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, [last["layer_sparsity"].get(n, 0.0) for n in names], width=width,
+               color=colours[i % len(colours)], label=f"{run}: {last['stage']} ({last['sparsity']:.2f} overall)")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.replace("/kernel", "") for n in names], rotation=90, fontsize=6)
+    ax.set_ylabel("sparsity of the layer")
+    ax.set_ylim(0, 1)
     ax.set_title("per-layer sparsity of each run's sparsest model")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "layer_sparsity.png", dpi=110)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig.savefig(out / "layer_sparsity.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return files + ["layer_sparsity.png"]
 

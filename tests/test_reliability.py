@@ -230,7 +230,7 @@ def test_bad_data_fails_before_any_compute(make_config, data_dir, tmp_path, case
     workdir = tmp_path / "run"
     with pytest.raises(DataError, match=expected):
         experiment.Experiment(make_config(**overrides), workdir, progress=False)
-    assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]  # no checkpoint, no results
+    assert not workdir.exists()  # no checkpoint, no results, no config.json: the workdir stays unclaimed
 
 
 # ---------------------------------------------------------------------------

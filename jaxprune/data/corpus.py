@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +21,20 @@ import grain
 import numpy as np
 from tokenizers import Tokenizer
 
+from tqdm.auto import tqdm
+
 from jaxprune.data import tfds_catalog
+from jaxprune.data.errors import DataError
 from jaxprune.data.tokenizer import eos_id, fingerprint
 
+__all__ = ["DataError", "load_texts", "read_text", "tokenize", "train_batches", "eval_batches"]
 
-class DataError(ValueError):
-    """A missing, empty or malformed data file (the message names the file)."""
+# Text a tokenizer can learn from: real prose has no control characters and no "word" (run without
+# whitespace) longer than a few hundred characters; a long run makes BPE training orders of magnitude slower.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+MAX_CONTROL_FRACTION = 0.001
+MAX_WORD_CHARS = 10_000
+_LONG_WORD = re.compile(r"\S{%d}" % MAX_WORD_CHARS)
 
 
 def normalise(text: str) -> str:
@@ -45,7 +54,43 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}: line {line}: not valid UTF-8 ({e.reason})") from e
     if not text.strip():
         raise DataError(f"{path}: file is empty")
+    check_text(text, str(path))
     return normalise(text)
+
+
+def check_text(text: str, where: str) -> None:
+    """Raises DataError if `text` is not prose: control characters (NUL, ...) or a huge run without whitespace."""
+    control = _CONTROL.findall(text)
+    if len(control) > max(10, MAX_CONTROL_FRACTION * len(text)):
+        first = _CONTROL.search(text)
+        line = text.count("\n", 0, first.start()) + 1
+        raise DataError(f"{where}: line {line}: {len(control)} of {len(text)} characters are control characters "
+                        f"(NUL, ...); this is not a text file")
+    long = _LONG_WORD.search(text)
+    if long:
+        line = text.count("\n", 0, long.start()) + 1
+        raise DataError(f"{where}: line {line}: more than {MAX_WORD_CHARS} characters without whitespace; a "
+                        f"degenerate text (BPE training on it would take very long)")
+
+
+def _book_names(splits_file: Path, split: str) -> list[str]:
+    """The file names of one split of books/splits.json ({"train": [...], "validation": [...], "test": [...]})."""
+    try:
+        splits = json.loads(read_text(splits_file))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{splits_file}: line {e.lineno}: malformed JSON ({e.msg})") from e
+    if not isinstance(splits, dict):
+        raise DataError(f"{splits_file}: expected a JSON object {{\"train\": [...], \"validation\": [...], "
+                        f"\"test\": [...]}}, got a {type(splits).__name__}")
+    names = splits.get(split)
+    if names is None:
+        raise DataError(f"{splits_file}: has no {split!r} split (keys: {', '.join(map(str, splits)) or 'none'})")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise DataError(f"{splits_file}: {split!r} must be a list of file names in books/, got "
+                        f"{type(names).__name__} {str(names)[:60]!r}")
+    if not names:
+        raise DataError(f"{splits_file}: the {split!r} split lists no books")
+    return names
 
 
 def _tfds_texts(name: str, split: str, data_dir: Path | None) -> list[str]:
@@ -72,11 +117,7 @@ def load_texts(source: str, split: str, data_dir: Path | None, files: tuple = ()
         if data_dir is None:
             raise DataError("no data directory: set data.data_dir or $JAXPRUNE_DATA_DIR")
         if source == "books":
-            splits_file = data_dir / "books" / "splits.json"
-            try:
-                names = json.loads(read_text(splits_file))[split]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise DataError(f"{splits_file}: malformed splits file ({e})") from e
+            names = _book_names(data_dir / "books" / "splits.json", split)
             texts = []
             total = 0
             for name in names:
@@ -106,8 +147,10 @@ def load_texts(source: str, split: str, data_dir: Path | None, files: tuple = ()
     return texts
 
 
-def tokenize(tok: Tokenizer, texts: list[str], cache_dir: Path | None = None, key: str = "") -> np.ndarray:
-    """Concatenates the tokens of all documents, EOS after each; cached as .npy when cache_dir is set."""
+def tokenize(tok: Tokenizer, texts: list[str], cache_dir: Path | None = None, key: str = "",
+             progress: bool = False) -> np.ndarray:
+    """Concatenates the tokens of all documents, EOS after each; cached as .npy when cache_dir is set.
+    `progress` shows a bar over the documents (labelled with `key`)."""
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256((fingerprint(tok) + key).encode())
@@ -123,7 +166,7 @@ def tokenize(tok: Tokenizer, texts: list[str], cache_dir: Path | None = None, ke
     dtype = np.uint16 if tok.get_vocab_size() <= 2**16 else np.uint32
     # Encode in paragraph-sized chunks so the tokenizer's thread pool has work to share.
     pieces = []
-    for text in texts:
+    for text in tqdm(texts, desc=f"tokenising {key}".strip(), unit="doc", disable=not progress, mininterval=2.0):
         chunks = [c for c in text.split("\n\n")]
         enc = tok.encode_batch([c + "\n\n" if i < len(chunks) - 1 else c for i, c in enumerate(chunks)])
         pieces.extend(np.asarray(e.ids, dtype) for e in enc)

@@ -10,6 +10,10 @@ checkpoint on disk is the last good one. JSONL lines are appended with one write
 fsync, and a partial last line left by a kill is cut off (with a warning) before the
 next append. After a resume, the metrics.jsonl lines of steps redone since the last
 checkpoint appear twice; readers keep the last line of each (phase, step).
+
+Every metrics.jsonl line (loss, grad_norm, learning rate, tokens/s; held-out metrics
+with eval_every) also goes to TensorBoard event files in TENSORBOARD_DIR/<phase>, so
+`tensorboard --logdir runs/` shows every phase of every run.
 """
 
 from __future__ import annotations
@@ -143,6 +147,38 @@ class Phase:
     prune: Callable[[TrainState, int], TrainState] | None = None  # gradual pruning, called before each step
     meta: dict | None = None  # saved with, and checked against, every checkpoint
     progress: bool = True
+    lr_schedule: Callable[[int], Any] | None = None  # optimizer step -> learning rate, logged as "lr"
+    tensorboard_dir: Path | None = None  # scalars also go to TENSORBOARD_DIR/<phase name> (None: off)
+
+
+class ScalarWriter:
+    """TensorBoard scalars of one phase (tensorboardX event files); a no-op without a directory."""
+
+    def __init__(self, directory: Path | None, prefix: str = "train"):
+        self.prefix = prefix
+        self._writer = None
+        if directory is not None:
+            from tensorboardX import SummaryWriter
+            self._writer = SummaryWriter(logdir=str(directory), flush_secs=30)
+
+    def write(self, step: int, scalars: dict, prefix: str | None = None) -> None:
+        if self._writer is None:
+            return
+        for k, v in scalars.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                self._writer.add_scalar(f"{prefix or self.prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def write_scalars(directory: Path | None, step: int, scalars: dict, prefix: str) -> None:
+    """Writes one step of scalars (e.g. a stage's final evaluation) to DIRECTORY's event files."""
+    writer = ScalarWriter(directory, prefix)
+    writer.write(step, scalars)
+    writer.close()
 
 
 def run_phase(phase: Phase, init_state: Callable[[], TrainState]) -> TrainState:
@@ -175,6 +211,15 @@ def _train(phase: Phase, ckpt: Checkpointer, meta: dict, state: TrainState, star
     """Steps start..phase.steps with logging, checkpoints and the SIGTERM check after each step."""
     bar = tqdm(total=phase.steps, initial=start, desc=phase.name, disable=not phase.progress,
                dynamic_ncols=True, mininterval=2.0)
+    tb = ScalarWriter(phase.tensorboard_dir / phase.name if phase.tensorboard_dir and jax.process_index() == 0
+                      else None)
+    try:
+        return _steps(phase, ckpt, meta, state, start, bar, tb)
+    finally:
+        tb.close()
+
+
+def _steps(phase: Phase, ckpt: Checkpointer, meta: dict, state: TrainState, start: int, bar, tb) -> TrainState:
     t_last, steps_since = time.perf_counter(), 0
     metrics = None
     for step in range(start, phase.steps):
@@ -194,14 +239,18 @@ def _train(phase: Phase, ckpt: Checkpointer, meta: dict, state: TrainState, star
                 raise err
             now = time.perf_counter()
             m["tokens_per_s"] = steps_since * phase.tokens_per_step / (now - t_last)
+            if phase.lr_schedule is not None:  # the rate this step's update used (optax counts from 0)
+                m["lr"] = float(phase.lr_schedule(step))
             t_last, steps_since = now, 0
             if jax.process_index() == 0:  # one writer on multi-host runs
                 append_jsonl(phase.metrics_file, {"phase": phase.name, "step": done, **m})
+                tb.write(done, m)
             bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
         if phase.eval_every and done % phase.eval_every == 0 and phase.evaluate is not None and done < phase.steps:
             evaluated = phase.evaluate(state.params)  # on every host: the evaluation is a collective
             if jax.process_index() == 0:
                 append_jsonl(phase.metrics_file, {"phase": phase.name, "step": done, **evaluated})
+                tb.write(done, evaluated, prefix="eval")
             t_last = time.perf_counter()
         if save_now or preempted:
             ckpt.save(done, state, dict(meta, step=done))
