@@ -72,16 +72,36 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 def rotary(x: jax.Array, inv_freq: np.ndarray | jax.Array, offset: int | jax.Array = 0) -> jax.Array:
     """Rotary position embedding (Su et al. 2021), HF/LLaMA "rotate half" layout.
 
-    x: (B, T, N, D); position of x[:, t] is offset + t (offset > 0 when decoding with a KV cache).
+    x: (B, T, N, D); position of x[b, t] is offset + t, offset a scalar or one per row (B,)
+    (offset > 0 when decoding with a KV cache).
     """
     d = x.shape[-1]
-    pos = offset + jnp.arange(x.shape[1], dtype=jnp.float32)
-    ang = pos[:, None] * jnp.asarray(inv_freq, jnp.float32)[None, :]  # (T, D/2)
-    cos = jnp.cos(jnp.concatenate([ang, ang], -1))[None, :, None, :]  # (1, T, 1, D)
-    sin = jnp.sin(jnp.concatenate([ang, ang], -1))[None, :, None, :]
+    pos = jnp.reshape(jnp.asarray(offset, jnp.float32), (-1, 1)) + jnp.arange(x.shape[1], dtype=jnp.float32)
+    ang = pos[..., None] * jnp.asarray(inv_freq, jnp.float32)  # (1 or B, T, D/2)
+    cos = jnp.cos(jnp.concatenate([ang, ang], -1))[:, :, None, :]  # (1 or B, T, 1, D)
+    sin = jnp.sin(jnp.concatenate([ang, ang], -1))[:, :, None, :]
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     rot = jnp.concatenate([-x2, x1], axis=-1)
     return (x.astype(jnp.float32) * cos + rot.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def _cached_attention(mod: nn.Module, q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array,
+                      cache_len: int | None, window: int | None) -> jax.Array:
+    """Attention of new positions (B, S) over a key/value cache held in the "cache" collection.
+
+    k, v (B, S, K, D) are written at each row's positions (consecutive per row) into the cache
+    (B, L, K, D) -- created empty with L = cache_len when absent -- and each query attends to the
+    cached positions up to its own (minus the sliding window)."""
+    b = k.shape[0]
+    ck = mod.variable("cache", "key", jnp.zeros, (b, cache_len) + k.shape[2:], k.dtype)
+    cv = mod.variable("cache", "value", jnp.zeros, (b, cache_len) + v.shape[2:], v.dtype)
+    write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice_in_dim(c, new, start, axis=0))
+    ck.value = write(ck.value, k, positions[:, 0])
+    cv.value = write(cv.value, v, positions[:, 0])
+    j = jnp.arange(ck.value.shape[1])[None, None, :]  # (1, 1, L)
+    p = positions[:, :, None]  # (B, S, 1)
+    allowed = (j <= p) if window is None else (j <= p) & (j > p - window)  # (B, S, L)
+    return jax.nn.dot_product_attention(q, ck.value, cv.value, mask=allowed[:, None])
 
 
 class Attention(nn.Module):
@@ -89,7 +109,9 @@ class Attention(nn.Module):
     layer: int = 0  # block index: picks this block's head count from cfg.layer_n_head
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool, positions: jax.Array | None = None,
+                 cache_len: int | None = None) -> jax.Array:
+        """positions (B, T) given: decode with a key/value cache (see _cached_attention)."""
         cfg = self.cfg
         b, t, e = x.shape
         h, d, k = cfg.heads_of(self.layer), cfg.head_dim, cfg.kv_heads
@@ -98,13 +120,16 @@ class Attention(nn.Module):
             kk = _dense(k * d, ("embed", "kv_heads"), "k_proj", cfg, cfg.qkv_bias)(x).reshape(b, t, k, d)
             v = _dense(k * d, ("embed", "kv_heads"), "v_proj", cfg, cfg.qkv_bias)(x).reshape(b, t, k, d)
             inv_freq = rope_inv_freq(cfg)
-            q, kk = rotary(q, inv_freq), rotary(kk, inv_freq)
+            offset = 0 if positions is None else positions[:, 0]
+            q, kk = rotary(q, inv_freq, offset), rotary(kk, inv_freq, offset)
         else:
             qkv = _dense(3 * h * d, ("embed", "qkv"), "c_attn", cfg, True)(x)  # (B, T, 3HD); HD = E unless compacted
             q, kk, v = jnp.split(qkv.reshape(b, t, 3, h, d), 3, axis=2)  # each (B, T, 1, H, D)
             q, kk, v = q[:, :, 0], kk[:, :, 0], v[:, :, 0]  # (B, T, H, D)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", None))
-        if h:
+        if h and positions is not None:
+            y = _cached_attention(self, q, kk, v, positions, cache_len, cfg.sliding_window)
+        elif h:
             window = None if cfg.sliding_window is None or cfg.sliding_window >= t else (cfg.sliding_window - 1, 0)
             y = jax.nn.dot_product_attention(q, kk, v, is_causal=True, local_window_size=window,
                                              implementation=cfg.attention_impl)
@@ -145,20 +170,33 @@ class Block(nn.Module):
     layer: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        x = x + Attention(self.cfg, self.layer, name="attn")(_norm(self.cfg, "ln_1")(x), deterministic)
+    def __call__(self, x: jax.Array, deterministic: bool, positions: jax.Array | None = None,
+                 cache_len: int | None = None) -> jax.Array:
+        x = x + Attention(self.cfg, self.layer, name="attn")(_norm(self.cfg, "ln_1")(x), deterministic,
+                                                             positions, cache_len)
         x = x + MLP(self.cfg, self.layer, name="mlp")(_norm(self.cfg, "ln_2")(x), deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
 class Transformer(nn.Module):
-    """Decoder-only LM: tokens (B, T) int32 -> logits (B, T, V) float32."""
+    """Decoder-only LM: tokens (B, T) int32 -> logits (B, T, V) float32.
+
+    select (B, S): logits (B, S, V) of those positions only (the LM head runs there alone).
+    decode: key/value-cache decoding (the "cache" collection must be mutable): tokens sit at
+    positions (B, T), consecutive per row; the cache (one (B, L, K, D) key and value per block,
+    L = cache_len) is created empty when absent.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, *, select: jax.Array | None = None,
+                 decode: bool = False, positions: jax.Array | None = None,
+                 cache_len: int | None = None) -> jax.Array:
         cfg = self.cfg
+        if decode and positions is None:
+            raise ValueError("decode needs the tokens' positions")
+        positions = positions if decode else None
         dtype = jnp.dtype(cfg.dtype)
         wte = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=jnp.float32,
                        embedding_init=nn.with_logical_partitioning(_init, ("vocab", "embed")), name="wte")
@@ -167,13 +205,15 @@ class Transformer(nn.Module):
             wpe = nn.Embed(cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=jnp.float32,
                            embedding_init=nn.with_logical_partitioning(
                                nn.initializers.normal(stddev=0.01), ("pos", "embed")), name="wpe")
-            x = x + wpe(jnp.arange(tokens.shape[1])[None, :])
+            x = x + wpe(jnp.arange(tokens.shape[1])[None, :] if positions is None else positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+        block = nn.remat(Block, static_argnums=(2,)) if cfg.remat and not decode else Block
         for i in range(cfg.n_layer):
-            x = block(cfg, i, name=f"h_{i}")(x, deterministic)
+            x = block(cfg, i, name=f"h_{i}")(x, deterministic, *(() if positions is None else (positions, cache_len)))
         x = _norm(cfg, "ln_f")(x)
+        if select is not None:
+            x = jnp.take_along_axis(x, select[..., None], axis=1)  # (B, S, E)
         if cfg.tie_embeddings:
             logits = wte.attend(x)  # (B, T, V)
         else:
