@@ -73,6 +73,11 @@ def metadata(reader: Any, key: str, default: Any = None) -> Any:
 # ---------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------
+def _f32(v: Any) -> float:
+    """A float32 GGUF value as the shortest decimal that rounds to it (1e-5, not 9.9999997e-06)."""
+    return float(str(np.float32(v)))
+
+
 def gguf_model_config(reader: Any, **overrides: Any) -> ModelConfig:
     """ModelConfig from a GGUF's `llama.*` metadata (tie_embeddings: no `output.weight` tensor)."""
     arch = metadata(reader, "general.architecture")
@@ -102,8 +107,8 @@ def gguf_model_config(reader: Any, **overrides: Any) -> ModelConfig:
     fields = dict(arch="llama", vocab_size=int(vocab), max_len=int(need("context_length")),
                   n_layer=int(need("block_count")), d_model=e, n_head=h, n_kv_head=kv,
                   d_ff=int(need("feed_forward_length")),
-                  norm_eps=float(metadata(reader, a + "attention.layer_norm_rms_epsilon", 1e-5)),
-                  rope_theta=float(metadata(reader, a + "rope.freq_base", 10000.0)),
+                  norm_eps=_f32(metadata(reader, a + "attention.layer_norm_rms_epsilon", 1e-5)),
+                  rope_theta=_f32(metadata(reader, a + "rope.freq_base", 10000.0)),
                   tie_embeddings="output.weight" not in names)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return ModelConfig(**fields)
