@@ -1,10 +1,13 @@
 """Mask selection: exact-k thresholds, unstructured / N:M / structured pruning.
 
 Exact-k selection never sorts. Scores are mapped to uint32 keys whose integer order
-is the float order (see :func:`order_keys`); the k-th smallest key is then built bit
-by bit from the top (32 counting passes of ``key < candidate``), which is exact and
-O(n) memory. Among entries equal to the threshold, those with the lowest position
-(tree-flattening order of the leaves, then flat index) are pruned first.
+is the float order (see :func:`order_keys`); the k-th smallest key is then found by a
+radix select: each pass histograms one digit of the keys (two 16-bit digits for large
+inputs) among the entries whose higher digits match the prefix found so far, so the
+data is read once per digit and only histograms (summed across devices under SPMD)
+cross shards. Among entries equal to the threshold, those with the lowest position
+(tree-flattening order of the leaves, then flat index) are pruned first; when that
+matters, a second radix select over the positions of the ties finds the cut.
 
 Rounding: a rate ``r`` over ``n`` entries prunes ``floor(r * n)`` of them, where a
 Python float ``r`` is taken as the decimal it prints as (so ``0.29 * 100`` gives 29,
@@ -20,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,70 +51,183 @@ def keys_to_float(keys: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
+def radix_widths(n: int, bits: int = 32) -> tuple[int, ...]:
+    """Digit widths (most significant first) of the radix passes over ``n`` ``bits``-bit values.
+
+    Large inputs take two 16-bit passes (a 65536-bucket histogram costs little next to
+    reading the data twice); smaller ones 11-bit digits, whose bucket search is cheaper.
+    """
+    width = 16 if n >= 1 << 22 else 11
+    passes = -(-bits // width)
+    base, extra = divmod(bits, passes)
+    return tuple(base + (i < extra) for i in range(passes))
+
+
+class _Stack(NamedTuple):
+    """Same-shaped arrays stacked on a new axis 0, so that each pass is one scatter per shape."""
+
+    members: tuple[int, ...]  # indices into the caller's list
+    selection: np.ndarray  # (G,) int32: the selection each member belongs to
+    offset: np.ndarray  # (G,) uint32: position of the member's first entry within its selection
+    shape: tuple[int, ...]
+
+
+def _stacks(shapes: Sequence[tuple[int, ...]], selection: Sequence[int]) -> list[_Stack]:
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(shapes):
+        by_shape.setdefault(tuple(s), []).append(i)
+    start, seen = [], {}
+    for i, s in enumerate(shapes):
+        start.append(seen.get(selection[i], 0))
+        seen[selection[i]] = start[-1] + int(np.prod(s))
+    return [_Stack(tuple(m), np.asarray([selection[i] for i in m], np.int32),
+                   np.asarray([start[i] for i in m], np.uint32), s) for s, m in by_shape.items()]
+
+
+def _stacked(arrays: Sequence[jax.Array], st: _Stack) -> jax.Array:
+    if len(st.members) == 1:
+        return arrays[st.members[0]][None]
+    return jnp.stack([arrays[i] for i in st.members])
+
+
+def _per_member(v: jax.Array, ndim: int) -> jax.Array:
+    """A (G,) vector broadcastable against a stacked (G, ...) array."""
+    return v.reshape(v.shape + (1,) * ndim)
+
+
+def _radix_select(values: Sequence[jax.Array], valid: Sequence[jax.Array | None], stacks: Sequence[_Stack],
+                  num: int, k: jax.Array, total_bits: int, widths: Sequence[int]):
+    """Per selection ``s < num``: the ``k[s]``-th smallest (1-based, ``1 <= k[s] <=`` its number
+    of valid entries) valid value of the stacked ``values`` whose members belong to ``s``.
+
+    Returns ``(value, rank, ties)``, each ``(num,)``: the value, ``k - #(valid values below
+    it)`` (its 1-based rank among the entries equal to it) and ``#(valid values equal to
+    it)``. One pass per digit; each pass is one scatter-add per stack into a histogram of
+    ``num * 2**bits`` buckets, counting only entries whose higher digits match the
+    selection's prefix found so far. Under SPMD every device counts its own shard and only
+    histograms are summed across devices.
+    """
+    prefix = jnp.zeros((num,), jnp.uint32)
+    rank = k
+    ties = jnp.zeros((num,), jnp.int32)
+    shift = total_bits
+    for bits in widths:
+        shift -= bits
+        size = 1 << bits
+        hist = jnp.zeros((num * size,), jnp.int32)
+        for v, ok, st in zip(values, valid, stacks):
+            digit = ((v >> np.uint32(shift)) & np.uint32(size - 1)).astype(jnp.int32)
+            if num > 1:
+                digit = digit + _per_member(jnp.asarray(st.selection * size), v.ndim - 1)
+            keep = ok
+            if shift + bits < total_bits:
+                match = (v >> np.uint32(shift + bits)) == _per_member(prefix[st.selection], v.ndim - 1)
+                keep = match if keep is None else keep & match
+            if keep is not None:
+                digit = jnp.where(keep, digit, num * size)  # out of range: dropped
+            hist = hist + jnp.zeros((num * size,), jnp.int32).at[digit].add(1, mode="drop")
+        hist = hist.reshape(num, size)
+        cum = jnp.cumsum(hist, axis=1)
+        digit = jnp.minimum(jnp.sum(cum < rank[:, None], axis=1, dtype=jnp.int32), size - 1)
+        below = jnp.where(digit > 0, jnp.take_along_axis(cum, jnp.maximum(digit - 1, 0)[:, None], 1)[:, 0], 0)
+        rank = rank - below
+        ties = jnp.take_along_axis(hist, digit[:, None], 1)[:, 0]
+        prefix = (prefix << np.uint32(bits)) | digit.astype(jnp.uint32)
+    return prefix, rank, ties
+
+
+def _select(keys: Sequence[jax.Array], k: jax.Array, selection: Sequence[int], num: int) -> list[jax.Array]:
+    """Boolean arrays marking, for every selection ``s``, its ``min(k[s], size)`` smallest keys;
+    ``keys[i]`` belongs to selection ``selection[i]``. Ties go to the lowest position."""
+    shapes = [tuple(kk.shape) for kk in keys]
+    sizes = np.zeros(num, np.int64)
+    for s, shp in zip(selection, shapes):
+        sizes[s] += int(np.prod(shp))
+    if sizes.max(initial=0) >= 2**31:
+        raise ValueError("selections of 2**31 or more entries are not supported (int32 counts)")
+    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32).reshape(-1), (num,))
+    take = k > 0
+    kc = jnp.clip(k, 1, jnp.asarray(np.maximum(sizes, 1), jnp.int32))
+    stacks = _stacks(shapes, selection)
+    nonempty = [st for st in stacks if int(np.prod(st.shape))]
+    stacked = [_stacked(keys, st) for st in nonempty]
+    biggest = int(sizes.max(initial=0))
+    if biggest == 0:
+        return [jnp.zeros(s, bool) for s in shapes]
+    t, rank, n_ties = _radix_select(stacked, [None] * len(stacked), nonempty, num, kc, 32, radix_widths(biggest))
+    sel = np.asarray(selection, np.int32)
+
+    def last_tie():
+        # Position of the last tie taken: a radix select over the positions of the ties.
+        nbits = max(1, (biggest - 1).bit_length())
+        pos = [_positions((len(st.members),) + st.shape, st.offset) for st in nonempty]
+        ties = [v == _per_member(t[st.selection], v.ndim - 1) for v, st in zip(stacked, nonempty)]
+        return _radix_select(pos, ties, nonempty, num, rank, nbits, radix_widths(biggest, nbits))[0]
+
+    # The position search is only needed when a threshold value is shared by more entries
+    # than are still to be taken; skip it in the common (continuous-score) case.
+    last = jax.lax.cond(jnp.any(n_ties > rank), last_tie, lambda: jnp.full((num,), 0xFFFFFFFF, jnp.uint32))
+    t_of, last_of, take_of = t[sel], last[sel], take[sel]
+    offset = {i: off for st in stacks for i, off in zip(st.members, st.offset)}
+    return [((kk < t_of[i]) | ((kk == t_of[i]) & (_positions(kk.shape, offset[i]) <= last_of[i]))) & take_of[i]
+            for i, kk in enumerate(keys)]
+
+
 def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int) -> jax.Array:
     """The k-th smallest (1-based) key over all arrays in ``keys`` together.
 
-    Finds the largest ``t`` with ``count(key < t) < k`` one bit at a time (32 passes).
-    Returns 0 for ``k <= 0`` and the maximal key for ``k`` above the total count.
+    Radix select (see :func:`radix_widths`): one histogram pass per digit of the 32-bit
+    keys. Returns 0 for ``k <= 0`` and the maximal key for ``k`` above the total count.
     Counts are int32, so the total size must stay below 2**31.
     """
+    shapes = [tuple(kk.shape) for kk in keys]
+    total = sum(int(np.prod(s)) for s in shapes)
     k = jnp.asarray(k, jnp.int32)
-
-    def body(i, ans):
-        cand = ans | jax.lax.shift_left(jnp.uint32(1), (31 - i).astype(jnp.uint32))
-        count = sum(jnp.sum(kk < cand, dtype=jnp.int32) for kk in keys)
-        return jnp.where(count < k, cand, ans)
-
-    return jax.lax.fori_loop(0, 32, body, jnp.uint32(0))
+    if total == 0:
+        return jnp.where(k > 0, jnp.uint32(0xFFFFFFFF), jnp.uint32(0))
+    stacks = [st for st in _stacks(shapes, [0] * len(keys)) if int(np.prod(st.shape))]
+    stacked = [_stacked(keys, st) for st in stacks]
+    key, _, _ = _radix_select(stacked, [None] * len(stacked), stacks, 1, jnp.clip(k, 1, total)[None], 32,
+                              radix_widths(total))
+    return jnp.where(k <= 0, jnp.uint32(0), jnp.where(k > total, jnp.uint32(0xFFFFFFFF), key[0]))
 
 
 def kth_smallest(x: jax.Array, k: jax.Array | int) -> jax.Array:
     """The exact k-th smallest value (1-based) of a float array, without sorting."""
-    return keys_to_float(kth_smallest_key([order_keys(x).reshape(-1)], k))
+    return keys_to_float(kth_smallest_key([order_keys(x)], k))
 
 
-def _positions(shape: tuple[int, ...]) -> jax.Array:
-    """Row-major flat index of every entry, as int32 (elementwise, so it shards like the array)."""
-    idx = jnp.zeros(shape, jnp.int32)
+def _positions(shape: tuple[int, ...], offset: Any) -> jax.Array:
+    """``offset`` + row-major flat index of every entry, as uint32 (elementwise, so it shards like
+    the array). For a stacked shape ``(G, ...)``, ``offset`` is a (G,) vector and the index is
+    within each member."""
+    offset = np.asarray(offset, np.uint32)
+    idx = jnp.asarray(offset).reshape(offset.shape + (1,) * (len(shape) - offset.ndim))
     stride = 1
-    for d in reversed(range(len(shape))):
-        idx = idx + jax.lax.broadcasted_iota(jnp.int32, shape, d) * stride
+    for d in reversed(range(offset.ndim, len(shape))):
+        idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * np.uint32(stride)
         stride *= shape[d]
-    return idx
+    return jnp.broadcast_to(idx, shape)
 
 
 def select_smallest(keys: Sequence[jax.Array], k: jax.Array | int) -> list[jax.Array]:
     """Boolean arrays marking exactly ``min(k, total)`` smallest keys over ``keys``.
 
     Ties at the threshold go to the lowest position (array order, then flat index).
+    The threshold is a radix select over the keys; only if the threshold value is
+    shared by more entries than remain to be taken, a second radix select over the
+    positions of those ties finds the last one taken. Sharded arrays are only
+    histogrammed and compared, never gathered.
     """
-    k = jnp.asarray(k, jnp.int32)
-    t = kth_smallest_key(keys, k)
-    below = [kk < t for kk in keys]
-    ties = [kk == t for kk in keys]
-    remaining = k - sum(jnp.sum(b, dtype=jnp.int32) for b in below)
-    n_ties = sum(jnp.sum(e, dtype=jnp.int32) for e in ties)
+    return _select(keys, k, [0] * len(keys), 1)
 
-    def take_all_ties():
-        return [b | e for b, e in zip(below, ties)]
 
-    def take_first_ties():
-        # The first `remaining` ties by position: bisect on the position (31 counting
-        # passes, like the threshold) instead of a cumsum, so that sharded arrays are
-        # only compared and summed, never gathered.
-        pos = [_positions(e.shape) + off for e, off in zip(ties, np.cumsum([0] + [e.size for e in ties]))]
+def select_smallest_each(keys: Sequence[jax.Array], k: jax.Array) -> list[jax.Array]:
+    """Like :func:`select_smallest` for every array on its own: ``k[i]`` smallest of ``keys[i]``.
 
-        def body(i, ans):
-            cand = ans | jax.lax.shift_left(jnp.int32(1), 30 - i)
-            count = sum(jnp.sum(e & (p < cand), dtype=jnp.int32) for e, p in zip(ties, pos))
-            return jnp.where(count < remaining, cand, ans)
-
-        last = jax.lax.fori_loop(0, 31, body, jnp.int32(0))  # count(ties & pos <= last) == remaining
-        return [b | (e & (p <= last) & (remaining > 0)) for b, e, p in zip(below, ties, pos)]
-
-    # The position search is only needed when the threshold value is shared by more
-    # entries than are still to be pruned; skip it in the common (continuous-score) case.
-    return jax.lax.cond(n_ties <= remaining, take_all_ties, take_first_ties)
+    Same-shaped arrays share their histogram passes (one scatter per shape and pass).
+    """
+    return _select(keys, k, list(range(len(keys))), len(keys))
 
 
 def num_to_prune(rate: Any, n: int) -> jax.Array:
@@ -142,7 +258,7 @@ def _unstructured(scores: PyTree, masks: PyTree, ks: jax.Array, scope: str) -> P
     if scope == "global":
         pruned = select_smallest(keys, ks[0])
     else:
-        pruned = [select_smallest([kk], ks[j])[0] for j, kk in enumerate(keys)]
+        pruned = select_smallest_each(keys, ks)
     out = list(flat_m)
     for i, p in zip(idx, pruned):
         out[i] = flat_m[i] & ~p
@@ -201,7 +317,7 @@ def _structured(
     if scope == "global":
         pruned = select_smallest(keys, ks[0])
     else:
-        pruned = [select_smallest([kk], ks[j])[0] for j, kk in enumerate(keys)]
+        pruned = select_smallest_each(keys, ks)
     out = [m for _, m in flat_m]
     for spec, p in zip(groups, pruned):
         for mem in spec.members:
