@@ -122,7 +122,6 @@ class TensorSource:
         for f in self.files:
             for name, (dtype, shape, offset) in _header(f).items():
                 self.entries[name] = (f, dtype, shape, offset)
-        self._maps: dict[Path, np.memmap] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -131,16 +130,28 @@ class TensorSource:
         return self.entries[name][2]
 
     def array(self, name: str) -> np.ndarray:
-        """A read-only memory-mapped view of the tensor in its stored dtype (nothing read yet)."""
+        """A read-only memory map of just this tensor, in its stored dtype (nothing read yet).
+
+        Each call maps only the tensor's own bytes and the map is released with the array, so the
+        pages of tensors already loaded do not stay in the process's resident set.
+        """
         f, dtype, shape, offset = self.entries[name]
-        if f not in self._maps:
-            self._maps[f] = np.memmap(f, dtype=np.uint8, mode="r")
         np_dtype = _bfloat16() if dtype == "BF16" else np.dtype(_DTYPES[dtype])
-        n = int(np.prod(shape, dtype=np.int64))
-        return self._maps[f][offset: offset + n * np_dtype.itemsize].view(np_dtype).reshape(shape)
+        if not shape or 0 in shape:
+            return np.zeros(shape, np_dtype)
+        return np.memmap(f, dtype=np_dtype, mode="r", offset=offset, shape=tuple(shape))
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """A memory map of rows [start, stop) of the tensor (first axis) only."""
+        f, dtype, shape, offset = self.entries[name]
+        np_dtype = _bfloat16() if dtype == "BF16" else np.dtype(_DTYPES[dtype])
+        row = int(np.prod(shape[1:], dtype=np.int64)) * np_dtype.itemsize
+        if stop <= start or row == 0:
+            return np.zeros((max(stop - start, 0), *shape[1:]), np_dtype)
+        return np.memmap(f, dtype=np_dtype, mode="r", offset=offset + start * row, shape=(stop - start, *shape[1:]))
 
     def close(self) -> None:
-        self._maps.clear()
+        """Nothing stays open between reads; kept so callers can release a source explicitly."""
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -196,7 +207,7 @@ def _header(f: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of one safetensors file as float32 numpy arrays (bf16/f16 upcast)."""
     src = TensorSource(Path(path).parent, files=[Path(path)])
-    return {k: np.asarray(src.array(k), np.float32) for k in src.entries}
+    return {k: np.array(src.array(k), np.float32) for k in src.entries}
 
 
 # ---------------------------------------------------------------------------
@@ -248,12 +259,39 @@ def check_checkpoint(name_or_path: str | os.PathLike, cfg: ModelConfig) -> None:
     plan_tensors(src, cfg)
 
 
+CHUNK_BYTES = 8 << 20  # rows mapped at a time while reading a block
+
+
 def _reader(src: TensorSource, key: str, transposed: bool, shape: tuple[int, ...]) -> Callable[[Any], np.ndarray]:
+    """read(index) -> float32 block `index` (slices over the jaxprune-layout `shape`) of tensor `key`.
+
+    The stored rows the block needs are mapped a few MiB at a time and copied into the output, so a
+    read holds about one block, not the mapped file pages of the whole tensor as well.
+    """
+    stored = src.shape(key)
+
     def read(index: Any = None) -> np.ndarray:
         index = tuple(index) if index is not None else tuple(slice(0, n) for n in shape)
-        a = src.array(key)
-        block = a[index[::-1]].T if transposed else a[index]
-        return np.ascontiguousarray(block, dtype=np.float32)
+        block = tuple(len(range(*sl.indices(n))) for sl, n in zip(index, shape))
+        out = np.empty(block, np.float32)
+        if not stored or 0 in block:
+            out[...] = np.asarray(src.array(key), np.float32)[index] if not stored else 0
+            return out
+        own = index[::-1] if transposed else index  # the same block in the stored layout
+        start, stop, step = own[0].indices(stored[0])
+        if step != 1:
+            raise ValueError(f"strided shard index {own[0]} of {key}")
+        row_bytes = max(1, int(np.prod(stored[1:], dtype=np.int64)) * 4)
+        n = max(1, CHUNK_BYTES // row_bytes)
+        for r0 in range(start, stop, n):
+            r1 = min(stop, r0 + n)
+            piece = src.rows(key, r0, r1)[(slice(None),) + own[1:]]
+            if transposed:
+                out[:, r0 - start: r1 - start] = piece.T
+            else:
+                out[r0 - start: r1 - start] = piece
+            del piece
+        return out
     return read
 
 

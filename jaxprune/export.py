@@ -1,0 +1,123 @@
+"""Exports a finished stage of a run for other tools: transformers (hf) or llama.cpp (gguf).
+
+    python -m jaxprune.export --workdir=runs/smollm2 --stage=prune_1 --format=hf --out=exports/smollm2_50
+    python -m jaxprune.export --workdir=runs/smollm2 --stage=prune_1 --format=gguf --dtype=q8_0 --out=exports/s.gguf
+
+The run's own config (WORKDIR/config.json) is used unless --config names the config file
+it was trained with (same flags as `jaxprune.evaluate`). The stage's final checkpoint is
+restored, its masks applied (pruned weights exactly 0.0) and written with its tokenizer.
+From Python: `jaxprune.models.export_hf.save_hf` / `export_gguf.save_gguf` take any
+params + masks + ModelConfig. Exit codes and error lines follow `jaxprune.main`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxprune import cli
+
+FORMATS = ("hf", "gguf")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (default: WORKDIR/config.json).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.")
+_STAGE = flags.DEFINE_string("stage", None, "The finished stage to export, e.g. dense or prune_3.")
+_FORMAT = flags.DEFINE_enum("format", "hf", FORMATS, "hf: a transformers directory; gguf: one llama.cpp file.")
+_OUT = flags.DEFINE_string("out", None, "Output directory (hf) or .gguf file (gguf; a directory gets model.gguf).")
+_DTYPE = flags.DEFINE_string("dtype", "f32", "gguf: f32, f16, bf16 or q8_0.")
+_SHARD = flags.DEFINE_string("max_shard_size", "2GB", "hf: safetensors shard size above which the files are split.")
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def run_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The config a run was started with, from WORKDIR/config.json."""
+    from jaxprune.config import ConfigError, default_config
+
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{workdir} holds no jaxprune run (no config.json)")
+    try:
+        saved = json.loads(path.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a jaxprune run config: {e}") from None
+    config = default_config()
+
+    def merge(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
+        for k, v in values.items():
+            if isinstance(v, dict) and isinstance(node.get(k), ml_collections.ConfigDict):
+                merge(node[k], v, f"{where}{k}.")
+            else:
+                with node.unlocked():
+                    node[k] = _tuples(v)
+
+    merge(config, saved, "")
+    return config
+
+
+def export_stage(config: ml_collections.ConfigDict, workdir: Path, stage_name: str, fmt: str, out: Path,
+                 dtype: str = "f32", max_shard_size: str = "2GB", progress: bool = True) -> list[Path]:
+    """Writes the final checkpoint of `stage_name` in `fmt`; returns the files written."""
+    from jaxprune.config import ConfigError
+    from jaxprune.experiment import Experiment, plan, read_results
+    from jaxprune.models import export_gguf, export_hf
+    from jaxprune.training.checkpoint import CheckpointError
+    from jaxprune.training.loop import final_state
+
+    stages = {s.name: s for s in plan(config)}
+    if stage_name not in stages:
+        raise ConfigError(f"the run has no stage {stage_name!r} (its stages: {', '.join(stages)})")
+    exp = Experiment(config, workdir, progress=False, read_only=True)
+    if stage_name not in {r["stage"] for r in read_results(exp.workdir)}:
+        raise ConfigError(f"stage {stage_name!r} is not finished in {exp.workdir}")
+    cfg = exp.model_cfg
+    try:  # what the format cannot express is reported before anything is restored or written
+        if fmt == "gguf":
+            export_gguf.check_exportable(cfg, dtype)
+            export_gguf.pre_tokenizer_name(exp.tokenizer)
+            if out.suffix != ".gguf":
+                out = out / f"model-{dtype}.gguf"
+        else:
+            from jaxprune.models.hf import hf_config_from_model
+            hf_config_from_model(cfg)
+    except ValueError as e:
+        raise ConfigError(f"--format={fmt}: {e}") from None
+    stage = stages[stage_name]
+    state = final_state(exp.workdir / stage_name, exp._abstract_state(stage, masked=stage.kind == "pruned"),
+                        {"digest": exp.digest, "phase": stage_name})
+    if state is None:
+        raise CheckpointError(f"{exp.workdir / stage_name} has no checkpoint")
+    masks = state.masks if stage.kind == "pruned" else None
+    if fmt == "gguf":
+        return [export_gguf.save_gguf(out, state.params, cfg, exp.tokenizer, masks=masks, dtype=dtype,
+                                      name=f"{workdir.name}/{stage_name}", progress=progress)]
+    return export_hf.save_hf(out, state.params, cfg, exp.tokenizer, masks=masks, max_shard_size=max_shard_size,
+                             progress=progress)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    with cli.user_errors():
+        workdir = Path(_WORKDIR.value)
+        config = _CONFIG.value if _CONFIG.value is not None else run_config(workdir)
+        t0 = time.perf_counter()
+        files = export_stage(config, workdir, _STAGE.value, _FORMAT.value, Path(_OUT.value), _DTYPE.value,
+                             _SHARD.value)
+        size = sum(f.stat().st_size for f in files)
+        print(f"wrote {len(files)} files, {size / 2**20:.1f} MiB, in {time.perf_counter() - t0:.1f} s: "
+              f"{files[0].parent if len(files) > 1 else files[0]}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "stage", "out"])
+    app.run(main, flags_parser=cli.flags_parser("config"))
