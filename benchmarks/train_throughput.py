@@ -11,9 +11,12 @@ L layers, T context length, d model width (the attention score and value matmuls
 forward and backward). Masked steps are counted at the same (dense) FLOPs.
 Peak FLOP/s per chip, dense bf16: H100/H200 989e12, A100 312e12, TPU v4 275e12,
 v5e 197e12, v5p 459e12. On CPU there is no datasheet number: the "peak" is the FLOP/s
-of a large float32 matmul measured at start on this host (shared by all its CPU
-devices), so CPU MFU means "fraction of the best matmul rate here".
-Last line: ``RESULT mfu=<fraction>``.
+of a 2048^3 float32 matmul timed in every round between the dense and masked steps, so
+under the same load (the best over rounds; shared by all CPU devices): CPU MFU means
+"fraction of the best matmul rate here". Compilation is timed apart; step times are
+reported as min and median, wall and process CPU time.
+Last lines: ``RESULT mfu=<fraction>`` (median dense step) and
+``RESULT train_masked_over_dense=<median masked / median dense step wall time>``.
 
 Usage: python benchmarks/train_throughput.py [--preset pico] [--batch 8] [--seq 0] [--rounds 5]
        [--steps 3] [--mesh -1,1,1] [--dtype float32]
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,28 +47,29 @@ PEAK_FLOPS = (  # (substring of jax device_kind, lower case; peak dense bf16 FLO
 )
 
 
-def measured_matmul_flops(n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of an n x n float32 matmul on the first device (best of `reps`)."""
+def matmul_probe(n: int = 2048) -> tuple[Callable[[], float], float]:
+    """(fn timing one n x n float32 matmul on the first device -> FLOP/s, its FLOPs)."""
     a = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices()[0])
     mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
+
+    def probe() -> float:
         t0 = time.perf_counter()
         mm(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+        return 2 * n**3 / (time.perf_counter() - t0)
+
+    return probe, 2.0 * n**3
 
 
-def peak_flops() -> tuple[float, str]:
-    """Peak FLOP/s of all devices together and where the number comes from."""
+def table_peak() -> tuple[float | None, str]:
+    """Datasheet peak FLOP/s of all devices together, or None on CPU (measured instead)."""
     devs = jax.devices()
     kind = devs[0].device_kind.lower()
     for key, per_chip in PEAK_FLOPS:
         if key in kind:
             return per_chip * len(devs), f"{devs[0].device_kind} table value x {len(devs)}"
     if devs[0].platform == "cpu":
-        return measured_matmul_flops(), "measured 2048^3 float32 matmul on this CPU host"
+        return None, "best 2048^3 float32 matmul on this CPU host, timed in every round next to the steps"
     raise SystemExit(f"no peak FLOP/s known for device kind {devs[0].device_kind!r}; add it to PEAK_FLOPS")
 
 
@@ -87,7 +92,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on accelerators)")
     args = ap.parse_args()
 
-    peak, peak_src = peak_flops()
+    peak, peak_src = table_peak()
+    probe = matmul_probe()[0] if peak is None else None
     cfg = default_config()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = (int(x) for x in args.mesh.split(","))
     overrides = {"dtype": args.dtype} | ({"max_len": args.seq} if args.seq else {})
@@ -121,18 +127,29 @@ def main() -> None:
     rng = np.random.default_rng(0)
     batches = [parallel.global_batch(rng.integers(0, mcfg.vocab_size, (args.batch, seq + 1)).astype(np.int32),
                                      batch_sh) for _ in range(args.steps)]
-    for name in fns:  # compile and warm up
+    compile_s = {}
+    for name in fns:  # compile (timed apart) and warm up
+        t0 = time.perf_counter()
+        fns[name] = fns[name].lower(states[name], batches[0]).compile()
+        compile_s[name] = time.perf_counter() - t0
         states[name], metrics = fns[name](states[name], batches[0])
         jax.block_until_ready(metrics)
 
     times: dict[str, list[float]] = {"dense": [], "masked": []}
+    cpu: dict[str, list[float]] = {"dense": [], "masked": []}
+    matmul: list[float] = []
     for r in range(args.rounds):
         for name in (("dense", "masked") if r % 2 == 0 else ("masked", "dense")):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for b in batches:
                 states[name], metrics = fns[name](states[name], b)
             jax.block_until_ready((states[name].params, metrics))
             times[name].append((time.perf_counter() - t0) / args.steps)
+            cpu[name].append((time.process_time() - c0) / args.steps)
+        if probe is not None:  # the CPU "peak" under the same load as this round's steps
+            matmul.append(max(probe() for _ in range(3)))
+    if probe is not None:
+        peak = max(matmul)
 
     dense_t, masked_t = statistics.median(times["dense"]), statistics.median(times["masked"])
     n_params, fpt = flops_per_token(params, mcfg.n_layer, seq, mcfg.d_model)
@@ -144,12 +161,19 @@ def main() -> None:
     print(f"model: {args.preset} ({mcfg.arch}) L={mcfg.n_layer} d={mcfg.d_model} T={seq}  N={n_params:,} params "
           f"(without the position table)  dtype={args.dtype}")
     print(f"batch: {args.batch} x {seq} = {args.batch * seq} tokens/step; {args.rounds} rounds x {args.steps} steps")
-    print(f"step time: dense {dense_t * 1e3:.1f} ms  masked (50 %) {masked_t * 1e3:.1f} ms  (medians)")
+    print(f"compile: dense {compile_s['dense']:.1f} s  masked {compile_s['masked']:.1f} s")
+    for label, t in (("wall", times), ("cpu", cpu)):
+        print(f"step {label} ms: dense min {min(t['dense']) * 1e3:.1f} median {statistics.median(t['dense']) * 1e3:.1f}"
+              f" | masked (50 %) min {min(t['masked']) * 1e3:.1f} median {statistics.median(t['masked']) * 1e3:.1f}")
+    if matmul:
+        print(f"matmul probe FLOP/s per round: min {min(matmul):.3g} median {statistics.median(matmul):.3g} "
+              f"max {max(matmul):.3g}")
     print(f"tokens/s (dense): {tokens_per_s:,.0f}   masked: {args.batch * seq / masked_t:,.0f}")
     print(f"model FLOPs/token = 6N + 12LTd = {fpt:.4g}  -> {fpt * tokens_per_s:.4g} FLOP/s")
     print(f"peak: {peak:.4g} FLOP/s ({peak_src})")
-    print(f"masked/dense step time: {masked_t / dense_t:.3f}")
+    print(f"masked/dense step time (median wall): {masked_t / dense_t:.3f}")
     print(f"RESULT mfu={mfu:.4f}")
+    print(f"RESULT train_masked_over_dense={masked_t / dense_t:.4f}")
 
 
 if __name__ == "__main__":
