@@ -224,6 +224,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             add(f"model: d_model={mc.d_model} is not divisible by n_head={mc.n_head}")
         if mc.vocab_size <= 0 or mc.max_len <= 0:
             add(f"model: vocab_size and max_len must be positive (got {mc.vocab_size}, {mc.max_len})")
+        elif config.model.init == "scratch" and not config.data.tokenizer and mc.vocab_size < 257:
+            add(f"model.vocab_size={mc.vocab_size}: the byte-level BPE trained for it needs at least 257 tokens "
+                "(256 bytes + <|endoftext|>)")
     if config.model.dtype not in ("float32", "bfloat16"):
         add(f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
     if not 0.0 <= config.model.dropout < 1.0:

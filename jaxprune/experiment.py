@@ -310,6 +310,12 @@ class Experiment:
             raise ConfigError(f"invalid config:\n  - model.init_path {str(stage_dir)!r} is not finished "
                               f"({stage_dir.parent / RESULTS} has no {stage_dir.name!r} row): wait for that run's "
                               f"stage to end")
+        from jaxprune.training.checkpoint import CheckpointError, Checkpointer
+        ckpt = Checkpointer(stage_dir / "checkpoints")
+        latest = ckpt.latest_step()
+        ckpt.close()
+        if latest is None:
+            raise CheckpointError(f"{stage_dir / 'checkpoints'} holds no finished checkpoint (model.init_path)")
 
     def _check_prunable(self) -> None:
         """pruning.include/exclude must select at least one parameter when the plan prunes."""
@@ -563,7 +569,12 @@ class Experiment:
             tensorboard_dir=self.workdir / "tensorboard" if parallel.is_primary() else None)
         what = {"dense": "pretrain", "pruned": f"prune to {stage.rate:g}, then fine-tune",
                 "control": "fine-tune (unpruned)"}[stage.kind]
-        _log(f"[{stage.name}] {what} {stage.steps} steps" if stage.steps else f"[{stage.name}] {what.split(',')[0]}")
+        if stage.steps:
+            _log(f"[{stage.name}] {what} {stage.steps} steps")
+        elif stage.kind == "pruned":
+            _log(f"[{stage.name}] prune to {stage.rate:g} (no fine-tuning)")
+        elif stage.kind == "dense" and self.config.model.init != "scratch":
+            _log(f"[dense] the {self.config.model.init} model from {self.config.model.init_path}")
         state = run_phase(phase, init)
         metrics = self.evaluate(state.params, tag=stage.name)
         if parallel.is_primary():

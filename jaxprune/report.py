@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 # Lower is better for these; higher for everything else (accuracies, exact match).
@@ -182,6 +183,11 @@ def markdown(runs: dict[str, list[dict]], rows: list[dict], metrics: list[str], 
     return "\n".join(lines)
 
 
+def _natural(name: str) -> list:
+    """Sort key that puts h_2 before h_10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
 def _label(metric: str) -> str:
     better = "lower is better" if metric.endswith(LOWER_IS_BETTER) else "higher is better"
     return f"{metric} ({better})"
@@ -200,11 +206,13 @@ def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> 
         if not varying(runs, m):
             continue
         fig, ax = plt.subplots(figsize=(7.5, 4))
+        dense_lines: dict[float, list[tuple[str, str]]] = {}  # value -> [(run, colour)]: shared ones drawn once
+        control_lines: dict[tuple, list[tuple[str, str]]] = {}
         for i, (run, rows) in enumerate(runs.items()):
             colour = colours[i % len(colours)]
             dense = next((r for r in rows if r["kind"] == "dense" and m in r["metrics"]), None)
             if dense is not None:
-                ax.axhline(dense["metrics"][m], color=colour, linestyle=":", linewidth=1, label=f"{run}: dense")
+                dense_lines.setdefault(dense["metrics"][m], []).append((run, colour))
             chain = sorted((r for r in rows if r["kind"] in ("dense", "pruned") and m in r["metrics"]),
                            key=lambda r: r["sparsity"])
             if chain:
@@ -218,10 +226,18 @@ def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> 
                         marker="o", markerfacecolor="white", label=f"{run}: pruned, before fine-tuning")
             # Each control sits at the sparsity of the pruned stage with the same fine-tuning budget.
             pairs = [(r["sparsity"], control_for(r, rows)) for r in chain]
-            pairs = sorted((x, c["metrics"][m]) for x, c in pairs if c is not None and m in c["metrics"])
+            pairs = tuple(sorted((x, c["metrics"][m]) for x, c in pairs if c is not None and m in c["metrics"]))
             if pairs:
-                ax.plot([x for x, _ in pairs], [y for _, y in pairs], color=colour, linestyle="--", marker="x",
-                        label=f"{run}: control (dense, same fine-tuning steps)")
+                control_lines.setdefault(pairs, []).append((run, colour))
+        for value, owners in dense_lines.items():
+            shared = len(owners) > 1
+            ax.axhline(value, color="0.4" if shared else owners[0][1], linestyle=":", linewidth=1,
+                       label="dense" + (f" (shared by {len(owners)} runs)" if shared else f" ({owners[0][0]})"))
+        for pairs, owners in control_lines.items():
+            shared = len(owners) > 1
+            ax.plot([x for x, _ in pairs], [y for _, y in pairs], color="0.4" if shared else owners[0][1],
+                    linestyle="--", marker="x", label="control: dense + same fine-tuning steps" + (
+                        f" (shared by {len(owners)} runs)" if shared else f" ({owners[0][0]})"))
         ax.set_xlabel("sparsity of prunable weights")
         ax.set_ylabel(_label(m))
         ax.set_title(f"{m} vs sparsity")
@@ -235,15 +251,24 @@ def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> 
                 for run, rows in runs.items() if any(r["kind"] == "pruned" for r in rows)}
     if not sparsest:
         return files
-    names = list(dict.fromkeys(n for r in sparsest.values() for n in r["layer_sparsity"]))
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.22 * len(names) * max(1, len(sparsest))), 4))
+    names = sorted(dict.fromkeys(n for r in sparsest.values() for n in r["layer_sparsity"]), key=_natural)
+    fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 0.22 * len(names) * len(sparsest))), 4))
     width = 0.8 / len(sparsest)
     for i, (run, last) in enumerate(sparsest.items()):
         xs = [j + (i - (len(sparsest) - 1) / 2) * width for j in range(len(names))]
         ax.bar(xs, [last["layer_sparsity"].get(n, 0.0) for n in names], width=width,
                color=colours[i % len(colours)], label=f"{run}: {last['stage']} ({last['sparsity']:.2f} overall)")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([n.replace("/kernel", "") for n in names], rotation=90, fontsize=6)
+    if len(names) <= 48:
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace("/kernel", "") for n in names], rotation=90, fontsize=6)
+    else:  # too many to name: one tick per block (the block's first layer), in layer order
+        blocks = {}
+        for j, n in enumerate(names):
+            blocks.setdefault(n.split("/")[0], j)
+        ax.set_xticks(list(blocks.values()))
+        ax.set_xticklabels(list(blocks), rotation=90, fontsize=6)
+        ax.set_xlabel(f"{len(names)} prunable layers, in order (ticks: the first layer of each block)")
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel("sparsity of the layer")
     ax.set_ylim(0, 1)
     ax.set_title("per-layer sparsity of each run's sparsest model")

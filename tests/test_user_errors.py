@@ -21,6 +21,7 @@ from conftest import ROOT
 from jaxprune import experiment, report
 from jaxprune.config import ConfigError, check_devices
 from jaxprune.data.corpus import DataError
+from jaxprune.training.checkpoint import CheckpointError
 
 
 def _unclaimed(workdir: Path) -> bool:
@@ -73,6 +74,15 @@ def test_vocab_size_smaller_than_the_tokenizer(make_config, shared_tokenizer, tm
                                           rf"{shared_tokenizer}; set model.vocab_size >= 512"):
         experiment.Experiment(make_config(**{"model.vocab_size": 300}), tmp_path / "run", progress=False)
     assert _unclaimed(tmp_path / "run")
+
+
+def test_vocab_size_too_small_for_a_new_byte_level_bpe(make_config):
+    from jaxprune.config import validate
+
+    with pytest.raises(ConfigError, match=r"model.vocab_size=200: the byte-level BPE trained for it needs at least "
+                                          r"257 tokens"):
+        validate(make_config(**{"model.vocab_size": 200, "data.tokenizer": ""}))
+    validate(make_config(**{"model.vocab_size": 200}))  # an existing tokenizer file: checked against its size
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"model": {"type": "BPE"}}', ""])
@@ -148,6 +158,9 @@ def test_init_checkpoint_must_be_a_finished_stage(make_config, tmp_path):
     with pytest.raises(ConfigError, match=r"is not a stage directory"):
         experiment.Experiment(make_config(**dict(overrides, **{"model.init_path": str(tmp_path)})),
                               tmp_path / "run", progress=False)
+    (other / "results.jsonl").write_text(json.dumps({"stage": "dense", "metrics": {}}) + "\n")
+    with pytest.raises(CheckpointError, match=r"dense/checkpoints holds no finished checkpoint"):  # exit 4
+        experiment.Experiment(make_config(**overrides), tmp_path / "run", progress=False)
     assert _unclaimed(tmp_path / "run")
 
 
