@@ -159,7 +159,8 @@ def markdown(runs: dict[str, list[dict]], rows: list[dict], metrics: list[str], 
         if dense and "unigram_ppl" in dense["metrics"]:
             lines.append(f"- `{run}`: dense held-out perplexity {dense['metrics']['heldout_ppl']:.2f}; the unigram "
                          f"model of the training tokens scores {dense['metrics']['unigram_ppl']:.2f}.")
-    evaluated = sorted({m for rr in runs.values() for r in rr for m in r.get("evaluated_metrics", [])})
+    evaluated = sorted({m for rr in runs.values() for r in rr for m in r.get("evaluated_metrics", [])
+                        if m in metrics})
     if evaluated:
         lines.append(f"- From `eval/evaluations.jsonl` (`jaxprune.evaluate`, or a rerun with more `eval.tasks`): "
                      f"{', '.join(f'`{m}`' for m in evaluated)}.")
