@@ -1,10 +1,13 @@
 """Calibration: the inputs of every linear layer, block by block (for Wanda / SparseGPT).
 
-Only ``X^T X`` (``in x in``, summed over tokens) is kept per linear layer; its diagonal
-is Wanda's per-input squared norm. Inputs are captured by intercepting ``nn.Dense``
-calls of the existing modules (``flax.linen.intercept_methods``), so the captured
-forward is the model's own. Memory is bounded by one block's activations (the
-calibration batch runs in mini-batches) plus the residual stream ``(N, T, E)``.
+Per linear layer only a statistic of its inputs is kept: ``X^T X`` (``in x in``, summed
+over tokens; SparseGPT's Hessian) or just its diagonal, the per-input squared norms
+(``in``; all Wanda needs, and far cheaper). Inputs are captured by intercepting
+``nn.Dense`` calls of the existing modules (``flax.linen.intercept_methods``), so the
+captured forward is the model's own; layers fed the same input (q/k/v, gate/up) share
+one statistic. Memory is bounded by one block's activations (the calibration batch runs
+in mini-batches, scanned inside one compiled function per block) plus the residual
+stream ``(N, T, E)``. Blocks of equal shapes share their compiled functions.
 
 :func:`calibrate_and_prune` is the sequential procedure of SparseGPT (Frantar & Alistarh
 2023, Sec. 3) also used by Wanda's reference (Sun et al. 2023): embed the calibration
@@ -26,19 +29,32 @@ from jaxprune.models.presets import ModelConfig
 from jaxprune.models.transformer import Block, Transformer
 
 PyTree = Any
-# (path inside the block, e.g. "attn/c_attn/kernel", kernel, mask, X^T X, n_tokens) -> (kernel, mask)
+# (path inside the block, e.g. "attn/c_attn/kernel", kernel, mask, X^T X or squared input norms, n_tokens)
+# -> (kernel, mask)
 LayerPruneFn = Callable[[str, jax.Array, jax.Array, jax.Array, int], tuple[jax.Array, jax.Array]]
 
 
-def _capture(fn: Callable[[], Any]) -> tuple[Any, dict[str, jax.Array]]:
-    """Runs ``fn`` (a flax apply) and returns its output and ``{dense path: X^T X}``."""
+STATISTICS = ("xtx", "sq_norm")
+
+
+def _capture(fn: Callable[[], Any], statistic: str = "xtx") -> tuple[Any, dict[str, jax.Array]]:
+    """Runs ``fn`` (a flax apply) and returns its output and ``{dense path: statistic}``:
+    ``X^T X`` ``(in, in)`` for ``"xtx"``, ``sum_tokens x_j^2`` ``(in,)`` for ``"sq_norm"``."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; known: {STATISTICS}")
     stats: dict[str, jax.Array] = {}
+    seen: list[tuple[Any, jax.Array]] = []  # (input, its statistic): q/k/v and gate/up share one
 
     def interceptor(next_fun, args, kwargs, context):
         if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-            x = args[0].astype(jnp.float32).reshape(-1, args[0].shape[-1])  # (tokens, in)
+            inp = args[0]
+            stat = next((st for y, st in seen if y is inp), None)
+            if stat is None:
+                x = inp.astype(jnp.float32).reshape(-1, inp.shape[-1])  # (tokens, in)
+                stat = x.T @ x if statistic == "xtx" else jnp.sum(x * x, axis=0)
+                seen.append((inp, stat))
             key = "/".join(context.module.path)
-            stats[key] = stats.get(key, 0.0) + x.T @ x  # (in, in)
+            stats[key] = stats[key] + stat if key in stats else stat
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
@@ -51,17 +67,28 @@ def _block(cfg: ModelConfig, layer: int) -> Block:
     return Block(cfg, layer) if "layer" in Block.__dataclass_fields__ else Block(cfg)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def block_stats(cfg: ModelConfig, layer: int, block_params: PyTree,
-                x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Block output ``(B, T, E)`` and ``{"attn/c_attn": X^T X, ...}`` of its linear layers."""
-    return _capture(lambda: _block(cfg, layer).apply({"params": block_params}, x, True))
+def _shape_key(cfg: ModelConfig, layer: int) -> int:
+    """The block index that matters for compilation: only per-layer widths make blocks differ."""
+    return layer if (cfg.layer_d_ff is not None or cfg.layer_n_head is not None) else 0
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def block_stats(cfg: ModelConfig, layer: int, statistic: str, block_params: PyTree,
+                x: jax.Array) -> dict[str, jax.Array]:
+    """``{"attn/c_attn": statistic, ...}`` of block ``layer``'s linear layers over ``x``
+    ``(parts, B, T, E)``, summed over the parts (scanned: one part's activations at a time)."""
+    def body(acc, xb):
+        st = _capture(lambda: _block(cfg, layer).apply({"params": block_params}, xb, True), statistic)[1]
+        return (st if acc is None else jax.tree.map(jnp.add, acc, st)), None
+
+    first = body(None, x[0])[0]
+    return jax.lax.scan(body, first, x[1:])[0] if x.shape[0] > 1 else first
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def block_forward(cfg: ModelConfig, layer: int, block_params: PyTree, x: jax.Array) -> jax.Array:
-    """Output ``(B, T, E)`` of block ``layer``."""
-    return _block(cfg, layer).apply({"params": block_params}, x, True)
+    """Output of block ``layer`` for ``x`` ``(parts, B, T, E)``, one part at a time."""
+    return jax.lax.map(lambda xb: _block(cfg, layer).apply({"params": block_params}, xb, True), x)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -79,8 +106,12 @@ def embed(cfg: ModelConfig, params: PyTree, tokens: jax.Array) -> jax.Array:
     return x.astype(jnp.dtype(cfg.dtype))
 
 
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def _parts(x: jax.Array, size: int) -> list[jax.Array]:
+    """``(N, ...)`` as ``(parts, size, ...)`` plus, if ``size`` does not divide ``N``, ``(1, rest, ...)``."""
+    n = x.shape[0]
+    full = (n // size) * size
+    out = [x[:full].reshape((n // size, size) + x.shape[1:])] if full else []
+    return out + ([x[full:][None]] if full < n else [])
 
 
 def calibrate_and_prune(
@@ -91,6 +122,7 @@ def calibrate_and_prune(
     prune_layer: LayerPruneFn | None,
     batch_size: int = 8,
     on_block: Callable[[int, dict[str, jax.Array]], None] | None = None,
+    statistic: str | None = None,
 ) -> tuple[PyTree, PyTree]:
     """Sequential block-by-block calibration and pruning.
 
@@ -100,15 +132,18 @@ def calibrate_and_prune(
       masks: mask pytree (``None`` on leaves that are not pruned); every prunable
         leaf must be a linear kernel inside a block.
       tokens: calibration token ids ``(N, T)``.
-      prune_layer: ``fn(path, kernel, mask, xtx, n_tokens) -> (kernel, mask)`` called
+      prune_layer: ``fn(path, kernel, mask, stat, n_tokens) -> (kernel, mask)`` called
         for every masked kernel of block i after its inputs are captured; ``None``
         only captures (then ``on_block`` sees the statistics of the dense model).
       batch_size: sequences per forward (bounds the activation memory).
-      on_block: optional callback ``(i, {path: X^T X})`` after each block's capture.
+      on_block: optional callback ``(i, {path: stat})`` after each block's capture.
+      statistic: ``"xtx"`` or ``"sq_norm"`` (see :func:`block_stats`); default: the
+        ``statistic`` attribute of ``prune_layer`` if it has one, else ``"xtx"``.
 
     Returns:
       ``(params, masks)`` with every block's prunable kernels replaced.
     """
+    statistic = statistic or getattr(prune_layer, "statistic", "xtx")
     params = dict(params)
     masks = dict(masks)
     prunable = {path for path, leaf in _flat(masks) if leaf is not None}
@@ -117,22 +152,24 @@ def calibrate_and_prune(
         raise ValueError(f"calibrated pruning only handles linear kernels inside blocks, not {sorted(outside)}")
     tokens = jnp.asarray(tokens, jnp.int32)
     n_seq, seq_len = tokens.shape
-    parts = _chunks(n_seq, batch_size)
-    x = jnp.concatenate([embed(cfg, params, tokens[s]) for s in parts])  # (N, T, E)
+    tables = {k: params[k] for k in ("wte", "wpe") if k in params}  # not the whole model onto the device
+    xs = [embed(cfg, tables, t.reshape(-1, seq_len)).reshape(t.shape + (-1,))
+          for t in _parts(tokens, batch_size)]  # [(parts, B, T, E)]
     n_tokens = n_seq * seq_len
     for i in range(cfg.n_layer):
         name = f"h_{i}"
-        bp, bm = params[name], masks.get(name)
+        layer = _shape_key(cfg, i)
+        bp, bm = jax.device_put(params[name]), masks.get(name)
         stats: dict[str, jax.Array] = {}
-        for s in parts:
-            _, st = block_stats(cfg, i, bp, x[s])
-            stats = {k: stats.get(k, 0.0) + v for k, v in st.items()}
+        for x in xs:
+            st = block_stats(cfg, layer, statistic, bp, x)
+            stats = st if not stats else jax.tree.map(jnp.add, stats, st)
         if on_block is not None:
             on_block(i, stats)
         if prune_layer is not None and bm is not None:
             bp, bm = _prune_block(bp, bm, stats, n_tokens, prune_layer)
             params[name], masks[name] = bp, bm
-        x = jnp.concatenate([block_forward(cfg, i, bp, x[s]) for s in parts])
+        xs = [block_forward(cfg, layer, bp, x) for x in xs]
     return params, masks
 
 

@@ -17,6 +17,7 @@ The experiment's ``pruning.scope`` does not apply to these per-layer methods.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -31,6 +32,20 @@ CALIBRATED_METHODS = ("wanda", "sparsegpt")
 LayerPruneFn = Callable[[str, jax.Array, jax.Array, jax.Array, int], tuple[jax.Array, jax.Array]]
 
 
+@functools.partial(jax.jit, static_argnames=("method", "rate", "pattern", "n", "m"))
+def _per_output_layer(kernel: jax.Array, mask: jax.Array, stat: jax.Array, *, method: str, rate: float,
+                      pattern: str, n: int, m: int) -> tuple[jax.Array, jax.Array]:
+    """Wanda or magnitude on one kernel, compiled once per shape: ``(kernel, mask)``."""
+    if method == "wanda":
+        sq_norms = stat if stat.ndim == 1 else jnp.diag(stat)
+        new = wanda_prune_layer(kernel, mask, sq_norms, rate=rate, pattern=pattern, n=n, m=m)
+    else:
+        s = jnp.abs(kernel).astype(jnp.float32)
+        new = _nm_mask(s, mask, n, m) if pattern == "nm" else \
+            prune_per_output(s, mask, num_to_prune(rate, kernel.shape[0]))
+    return jnp.where(new, kernel, 0).astype(kernel.dtype), new
+
+
 def layer_pruner(
     method: str,
     rate: float = 0.5,
@@ -41,11 +56,14 @@ def layer_pruner(
     blocksize: int = 128,
     damp: float = 0.01,
 ) -> LayerPruneFn:
-    """``fn(path, kernel, mask, xtx, n_tokens) -> (kernel, mask)`` for ``method``.
+    """``fn(path, kernel, mask, stat, n_tokens) -> (kernel, mask)`` for ``method``.
 
-    ``kernel`` and ``mask`` are ``(in, out)``; ``xtx`` is ``X^T X`` over the calibration
-    tokens, ``(in, in)``. The returned mask is a subset of ``mask`` and the kernel is
-    zero wherever the mask is False.
+    ``kernel`` and ``mask`` are ``(in, out)``; ``stat`` is ``X^T X`` over the calibration
+    tokens, ``(in, in)``, or for Wanda and magnitude also just its diagonal (the squared
+    input norms, ``(in,)``). ``fn.statistic`` names the cheapest statistic the method
+    needs (``"xtx"`` for SparseGPT, ``"sq_norm"`` otherwise), which
+    :func:`jaxprune.models.capture.calibrate_and_prune` then collects. The returned mask
+    is a subset of ``mask`` and the kernel is zero wherever the mask is False.
     """
     if pattern not in ("unstructured", "nm"):
         raise ValueError(f"calibrated pruning supports pattern 'unstructured' or 'nm', got {pattern!r}")
@@ -56,14 +74,9 @@ def layer_pruner(
             k = num_to_prune(rate, kernel.size)
             return sparsegpt_prune_layer(kernel, mask, xtx, n_tokens, k, pattern=pattern, n=n, m=m,
                                          blocksize=blocksize, damp=damp)
-        if method == "wanda":
-            new = wanda_prune_layer(kernel, mask, jnp.diag(xtx), rate=rate, pattern=pattern, n=n, m=m)
-        elif method == "magnitude":
-            s = jnp.abs(kernel).astype(jnp.float32)
-            new = _nm_mask(s, mask, n, m) if pattern == "nm" else \
-                prune_per_output(s, mask, num_to_prune(rate, kernel.shape[0]))
-        else:
+        if method not in ("wanda", "magnitude"):
             raise ValueError(f"unknown calibrated method {method!r}; known: {CALIBRATED_METHODS + ('magnitude',)}")
-        return jnp.where(new, kernel, 0).astype(kernel.dtype), new
+        return _per_output_layer(kernel, mask, xtx, method=method, rate=rate, pattern=pattern, n=n, m=m)
 
+    fn.statistic = "xtx" if method == "sparsegpt" else "sq_norm"
     return fn

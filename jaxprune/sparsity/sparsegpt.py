@@ -85,26 +85,29 @@ def sparsegpt_prune_layer(
         raise ValueError(f"N:M needs blocksize ({blocksize}) and the input size ({cols}) divisible by m={m}")
     h, dead = damped_hessian(xtx, n_tokens, damp)
     u = inverse_cholesky_upper(h)  # (in, in), H^-1 = U^T U
-    keep = mask
-    w = jnp.where(dead[:, None] | ~keep, 0.0, kernel.astype(jnp.float32))  # (in, out)
+    w = jnp.where(dead[:, None] | ~mask, 0.0, kernel.astype(jnp.float32))  # (in, out)
     k = jnp.asarray(k, jnp.int32)
-    pruned_before = jnp.int32(0)
+    bs = min(blocksize, cols)
+    n_blocks, rest = divmod(cols, bs)
 
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        w1, keep1, u1 = w[i1:i2], keep[i1:i2], u[i1:i2, i1:i2]  # (B, out), (B, out), (B, B)
+    def block(i1: jax.Array, size: int, is_last: jax.Array, w: jax.Array, keep: jax.Array,
+              pruned_before: jax.Array):
+        """Prunes inputs ``[i1, i1 + size)`` and spreads their errors onto the later inputs."""
+        i2 = i1 + size
+        w1 = jax.lax.dynamic_slice_in_dim(w, i1, size)  # (B, out)
+        keep1 = jax.lax.dynamic_slice_in_dim(keep, i1, size)
+        u1 = jax.lax.dynamic_slice(u, (i1, i1), (size, size))  # (B, B)
         d1 = jnp.diag(u1)  # (B,)
         if pattern == "unstructured":
-            if i2 == cols:
-                target = k
-            else:  # floor(k * i2 / cols) in float32: only the last block's total must be exact
-                target = jnp.minimum(jnp.floor(k.astype(jnp.float32) * (i2 / cols)).astype(jnp.int32), k)
+            # floor(k * i2 / cols) in float32: only the last block's total must be exact
+            target = jnp.where(is_last, k, jnp.minimum(
+                jnp.floor(k.astype(jnp.float32) * (i2.astype(jnp.float32) / cols)).astype(jnp.int32), k))
             keys = jnp.where(keep1, order_keys(w1 ** 2 / d1[:, None] ** 2), jnp.uint32(0))
-            prune1 = select_smallest([keys.reshape(-1)], jnp.maximum(target - pruned_before, 0))[0]
-            keep1 = keep1 & ~prune1.reshape(keep1.shape)
+            prune1 = select_smallest([keys], jnp.maximum(target - pruned_before, 0))[0]
+            keep1 = keep1 & ~prune1
             pruned_before = pruned_before + jnp.sum(~keep1, dtype=jnp.int32)
 
-        def step(i, carry, d1=d1, u1=u1):
+        def step(i, carry):
             w1, keep1, err1 = carry
             if pattern == "nm":
                 def choose(keep1):
@@ -121,9 +124,21 @@ def sparsegpt_prune_layer(
             w1 = w1.at[i].set(q)
             return w1, keep1, err1.at[i].set(e)
 
-        w1, keep1, err1 = jax.lax.fori_loop(0, i2 - i1, step, (w1, keep1, jnp.zeros_like(w1)))
-        w = w.at[i1:i2].set(jnp.where(keep1, w1, 0.0))
-        keep = keep.at[i1:i2].set(keep1)
-        if i2 < cols:  # lazy batch update of the later inputs
-            w = w.at[i2:].add(-u[i1:i2, i2:].T @ err1)
+        w1, keep1, err1 = jax.lax.fori_loop(0, size, step, (w1, keep1, jnp.zeros_like(w1)))
+        w = jax.lax.dynamic_update_slice_in_dim(w, jnp.where(keep1, w1, 0.0), i1, axis=0)
+        keep = jax.lax.dynamic_update_slice_in_dim(keep, keep1, i1, axis=0)
+        # lazy batch update of the later inputs (U's rows i1..i2 are zero left of i1; rows < i2 are kept)
+        later = jnp.arange(cols) >= i2
+        upd = jax.lax.dynamic_slice_in_dim(u, i1, size).T @ err1  # (in, out)
+        w = w - jnp.where(later[:, None], upd, 0.0)
+        return w, keep, pruned_before
+
+    # All full blocks share one compiled body; a shorter last block (if any) runs after them.
+    def full_block(b, carry):
+        return block(b * bs, bs, (b == n_blocks - 1) & (rest == 0), *carry)
+
+    carry = jax.lax.fori_loop(0, n_blocks, full_block, (w, mask, jnp.int32(0)))
+    if rest:
+        carry = block(jnp.int32(n_blocks * bs), rest, jnp.bool_(True), *carry)
+    w, keep, _ = carry
     return jnp.where(keep, w, 0.0), keep

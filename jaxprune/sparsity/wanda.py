@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune.sparsity.masks import PyTree, is_none
-from jaxprune.sparsity.select import nm_keep, num_to_prune, order_keys, select_smallest
+from jaxprune.sparsity.select import nm_keep, num_to_prune, order_keys
 
 
 def wanda_layer_score(kernel: jax.Array, sq_norms: jax.Array) -> jax.Array:
@@ -54,11 +54,18 @@ def prune_per_output(scores: jax.Array, mask: jax.Array, k: jax.Array) -> jax.Ar
 
     ``scores`` and ``mask`` have shape ``(in, out)``; within a column the ``k`` lowest
     scores are pruned, already-pruned entries first (masks stay monotone), ties to the
-    lowest input index (see :func:`jaxprune.sparsity.select.select_smallest`).
+    lowest input index (as :func:`jaxprune.sparsity.select.select_smallest`). Columns are
+    short, so each is sorted: the k-th smallest key is the column's threshold and the
+    ties at it are taken in input order (a running count).
     """
     keys = jnp.where(mask, order_keys(scores), jnp.uint32(0))  # (in, out)
-    pruned = jax.vmap(lambda col: select_smallest([col], k)[0], in_axes=1, out_axes=1)(keys)
-    return mask & ~pruned
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, keys.shape[0])
+    t = jnp.sort(keys, axis=0)[jnp.maximum(k - 1, 0)]  # (out,)
+    below = keys < t
+    ties = keys == t
+    remaining = k - jnp.sum(below, axis=0, dtype=jnp.int32)
+    pruned = below | (ties & (jnp.cumsum(ties, axis=0, dtype=jnp.int32) <= remaining))
+    return mask & ~(pruned & (k > 0))
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m"))
