@@ -304,11 +304,32 @@ def test_new_eval_task_on_a_finished_run_is_evaluated_and_reported(make_config, 
     csv_head, csv_row = (tmp_path / "out" / "results.csv").read_text().splitlines()
     assert csv_head.split(",").count("wikitext2_ppl") == 1
     assert float(csv_row.split(",")[csv_head.split(",").index("wikitext2_ppl")]) == pytest.approx(ppl)
-    # TensorBoard: the dense phase's training scalars and its final evaluation
-    assert list((workdir / "tensorboard" / "dense").glob("events.out.tfevents.*"))
     metrics = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     # warmup (5 steps) is clipped to the phase's 2 steps: the second step's update used lr * 1/2
     assert [m["step"] for m in metrics] == [2] and metrics[0]["lr"] == pytest.approx(3e-3 / 2)
+    # TensorBoard: the same training scalars and the stage's final evaluation, at step 2
+    scalars = {(step, tag): v for f in sorted((workdir / "tensorboard" / "dense").glob("events.out.tfevents.*"))
+               for step, tag, v in _tensorboard_scalars(f)}
+    assert {tag for _, tag in scalars} >= {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
+                                           "eval/heldout_ppl", "eval/heldout_loss"}
+    assert scalars[(2, "train/lr")] == pytest.approx(3e-3 / 2)
+    assert scalars[(2, "eval/heldout_ppl")] == pytest.approx(rows[0]["metrics"]["heldout_ppl"], rel=1e-6)
+
+
+def _tensorboard_scalars(path: Path) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out, data = [], path.read_bytes()
+    pos = 0
+    while pos + 12 <= len(data):
+        (n,) = struct.unpack("<Q", data[pos:pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+        out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+        pos += 12 + n + 4
+    return out
 
 
 def test_report_merges_evaluations_each_metric_once_with_the_stage_sparsity():
