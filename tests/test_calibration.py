@@ -157,3 +157,24 @@ def test_experiment_one_shot(make_config, tmp_path, method):
     assert all(v == 0.5 for v in row["layer_sparsity"].values())
     assert np.isfinite(row["metrics"]["heldout_loss"])
     json.dumps(row)
+
+
+def test_wanda_collects_input_norms_only_and_matches_xtx_diagonal(femto):
+    """layer_pruner names its statistic; Wanda's per-input norms equal diag(X^T X), so its masks do too."""
+    cfg, params, tokens = femto
+    assert sparsity.layer_pruner("wanda").statistic == "sq_norm"
+    assert sparsity.layer_pruner("sparsegpt").statistic == "xtx"
+    xtx, sq = {}, {}
+    capture.calibrate_and_prune(cfg, params, {}, tokens, None, batch_size=2,
+                                on_block=lambda i, st: xtx.update({(i, k): v for k, v in st.items()}))
+    capture.calibrate_and_prune(cfg, params, {}, tokens, None, batch_size=2, statistic="sq_norm",
+                                on_block=lambda i, st: sq.update({(i, k): v for k, v in st.items()}))
+    assert sorted(xtx) == sorted(sq)
+    for key in xtx:
+        np.testing.assert_allclose(np.asarray(sq[key]), np.diag(np.asarray(xtx[key])), rtol=1e-4, atol=1e-4)
+    masks = sparsity.create_masks(params)
+    layer = sparsity.layer_pruner("wanda", 0.5)
+    _, by_norms = capture.calibrate_and_prune(cfg, params, masks, tokens, layer, batch_size=2)
+    _, by_xtx = capture.calibrate_and_prune(cfg, params, masks, tokens, layer, batch_size=2, statistic="xtx")
+    for a, b in zip(jax.tree.leaves(by_norms), jax.tree.leaves(by_xtx)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -338,3 +338,41 @@ def test_head_groups_by_count_and_by_head_dim_agree():
     for bad in ({}, {"n_head": H, "head_dim": E // H}):
         with pytest.raises(ValueError, match="exactly one of n_head and head_dim"):
             G.gpt2_head_groups(params, **bad)
+
+
+_select_each = jax.jit(S.select_smallest_each)
+_select_many = jax.jit(S.select_smallest)
+
+
+@SETTINGS
+@given(kind=st.sampled_from(["normal", "three"]), seed=st.integers(0, 2**31), k=st.integers(0, 2 * N_VALUES))
+def test_select_smallest_stacks_same_shapes_in_leaf_order(kind, seed, k):
+    """Same-shaped arrays share histogram passes; ties still go by (array order, flat index)."""
+    x = _values(kind, seed)
+    parts = [x[:40].reshape(4, 10), x[40:43], x[43:83].reshape(4, 10), x[83:123].reshape(4, 10), x[123:]]
+    sel = _select_many([S.order_keys(jnp.asarray(p)) for p in parts], k)
+    got = np.concatenate([np.asarray(s).ravel() for s in sel])
+    expected = np.zeros(N_VALUES, bool)
+    expected[np.argsort(x, kind="stable")[: min(k, N_VALUES)]] = True
+    np.testing.assert_array_equal(got, expected)
+    # layer-wise: each array on its own, k_i smallest of array i
+    ks = np.random.default_rng(seed).integers(0, 45, len(parts))
+    each = _select_each([S.order_keys(jnp.asarray(p)) for p in parts], jnp.asarray(ks, jnp.int32))
+    for p, s, ki in zip(parts, each, ks):
+        exp = np.zeros(p.size, bool)
+        exp[np.argsort(p.ravel(), kind="stable")[: min(ki, p.size)]] = True
+        np.testing.assert_array_equal(np.asarray(s).ravel(), exp)
+
+
+def test_select_smallest_large_input_takes_16_bit_digits():
+    assert S.radix_widths(1 << 22) == (16, 16) and S.radix_widths(1000) == (11, 11, 10)
+    assert S.radix_widths(1 << 22, 23) == (12, 11)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3000, size=(4, 1 << 20)).astype(np.float32)  # 2**22 + 5000 entries, many ties
+    y = rng.normal(size=5000).astype(np.float32)
+    k = 1_234_567
+    a, b = _select_many([S.order_keys(jnp.asarray(x)), S.order_keys(jnp.asarray(y))], k)
+    flat = np.concatenate([x.ravel(), y])
+    expected = np.zeros(flat.size, bool)
+    expected[np.argsort(flat, kind="stable")[:k]] = True
+    np.testing.assert_array_equal(np.concatenate([np.asarray(a).ravel(), np.asarray(b)]), expected)
