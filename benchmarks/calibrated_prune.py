@@ -19,7 +19,7 @@ Last lines: ``RESULT <method>[_nm]_forward_equivalents=<ratio>`` and
 ``RESULT <method>[_nm]_prune_s=<seconds>``.
 
 Usage: python benchmarks/calibrated_prune.py [--preset micro | --gguf PATH] [--samples 32 --seq 128]
-       [--methods wanda sparsegpt] [--pattern unstructured] [--batch 8] [--warm]
+       [--methods wanda sparsegpt] [--pattern unstructured] [--batch 8] [--warm] [--forward-repeats 2]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
     ap.add_argument("--pattern", default="unstructured", choices=["unstructured", "nm"])
     ap.add_argument("--warm", action="store_true", help="also time a second (compiled) run of each method")
+    ap.add_argument("--forward-repeats", type=int, default=2, help="forward passes timed before and after each method")
     args = ap.parse_args()
 
     cfg, params = load(args)
@@ -73,7 +74,7 @@ def main() -> None:
     forward_s: list[float] = []
 
     def time_forward() -> None:
-        for _ in range(2):
+        for _ in range(args.forward_repeats):
             t0 = time.perf_counter()
             for b in batches:
                 jax.block_until_ready(fwd(dev_params, b))
