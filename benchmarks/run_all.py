@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: list[tuple[str, list[str], int]] = [
     ("mask_overhead", ["mask_overhead.py"], 240),
     ("train_throughput", ["train_throughput.py"], 180),
-    ("threshold", ["threshold.py", "--sizes", "1.8M", "14M", "99M", "--repeats", "2"], 480),
+    ("threshold", ["threshold.py", "--sizes", "1.8M", "14M", "99M", "--repeats", "2"], 900),
     ("calibrated_prune", ["calibrated_prune.py", "--samples", "16", "--seq", "128"], 300),
     ("eval_throughput", ["eval_throughput.py"], 180),
     ("structured_speedup", ["structured_speedup.py", "--rounds", "3"], 360),
