@@ -7,6 +7,7 @@ once, each with one clear line.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.heldout_batches = 20  # batches of held-out text for perplexity (0 = all)
     c.eval.ppl_windows = 0  # wikitext2 / books_test: evenly spaced windows of model.max_len tokens (0 = all)
     c.eval.before_finetune = False  # pruned stages: also evaluate right after pruning, before fine-tuning
+    c.eval.lm_eval_tasks = ()  # lm-evaluation-harness tasks (e.g. 'lambada_openai_local'), needs the lmeval extra
 
     # --- device mesh (jax.jit + NamedSharding) --------------------------------
     c.mesh = ml_collections.ConfigDict()
@@ -311,6 +313,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for t in config.eval.tasks:
         if t not in EVAL_TASKS:
             add(f"eval.tasks: unknown task {t!r}; known tasks: {', '.join(EVAL_TASKS)}")
+    if tuple(config.eval.get("lm_eval_tasks", ()) or ()) and importlib.util.find_spec("lm_eval") is None:
+        add("eval.lm_eval_tasks needs lm-evaluation-harness: pip install 'jaxprune[lmeval]'")
     if config.eval.shots < 0 or config.eval.max_examples < 0 or config.eval.batch_size <= 0 \
             or config.eval.heldout_batches < 0 or config.eval.ppl_windows < 0:
         add("eval.shots, max_examples, heldout_batches and ppl_windows must be >= 0 and batch_size > 0")

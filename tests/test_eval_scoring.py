@@ -201,8 +201,16 @@ def test_multiple_choice_follows_the_model_end_to_end(model_and_params, tokenize
 
 def test_multiple_choice_metrics_from_given_loglikelihoods():
     lls = [[-10.0, -12.0], [-5.0, -4.0], [-9.0, -7.0]]
-    choices = [["abcde", "x" * 20], ["ab", "abcdefgh"], ["éé", "abc"]]  # "éé" is 4 UTF-8 bytes, 2 characters
-    m = harness.multiple_choice_metrics(lls, choices, [1, 1, 0])
-    # acc picks 0, 1, 1 -> 1/3. acc_norm picks 1 (-0.6 vs -2), 1 (-0.5 vs -2.5) and 0 (-9/4 = -2.25 vs
-    # -7/3 = -2.33; per character it would pick 1) -> 3/3.
-    assert m == {"acc": pytest.approx(1 / 3), "acc_norm": 1.0}
+    choices = [["abcde", "x" * 20], ["ab", "abcdefgh"], ["éé", "abc"]]  # "éé" is 2 characters, 4 UTF-8 bytes
+    m = harness.multiple_choice_metrics(lls, choices, [1, 1, 1])
+    # acc picks 0, 1, 1 -> 2/3. acc_norm (per character, as lm-eval 0.4) picks 1 (-0.6 vs -2), 1 (-0.5 vs
+    # -2.5) and 1 (-7/3 = -2.33 vs -9/2 = -4.5; per byte it would pick 0: -9/4 = -2.25) -> 3/3.
+    assert m == {"acc": pytest.approx(2 / 3), "acc_norm": 1.0}
+
+
+def test_encode_pairs_moves_trailing_space_and_splits_the_joint_encoding(tokenizer):
+    text = "the man said that"
+    (ctx, cont), (ctx2, cont2) = harness.encode_pairs(tokenizer, [("the man said", " that"), ("the man said ", "that")])
+    whole = tokenizer.encode(text, add_special_tokens=False).ids
+    assert ctx + cont == whole and ctx2 + cont2 == whole and (ctx, cont) == (ctx2, cont2)
+    assert tokenizer.decode(cont) == " that"

@@ -8,12 +8,16 @@ Metrics (flat, one dict for all tasks):
                 by greedy decoding (every target token is the argmax under teacher forcing)
   lambada_ppl   exp(total target NLL / total target tokens)
   <mc>_acc      multiple choice (hellaswag, storycloze) by summed loglikelihood
-  <mc>_acc_norm ... by loglikelihood divided by the choice's UTF-8 byte length
+  <mc>_acc_norm ... by loglikelihood divided by the choice's length in characters
+                (lm-evaluation-harness 0.4's acc_norm)
   <qa>_em       exact match of the greedy answer (up to the first newline) against any
                 alias, after metrics.normalize_answer (nq_open, webquestions, triviaqa)
   <task>_n      examples evaluated
   <corpus>_ppl  perplexity of a whole text (wikitext2, books_test; see evaluation.perplexity),
                 with <corpus>_loss, <corpus>_tokens (predicted tokens) and <corpus>_windows
+  lmeval_<task>_<metric>  eval.lm_eval_tasks run through lm-evaluation-harness on the same
+                scoring (evaluation.lm_eval_backend), with <metric>_stderr and _n
+Contexts and continuations are tokenised as lm-evaluation-harness does (`encode_pairs`).
 Side effects (reading data files, writing OUT_DIR/eval/<tag>.{md,json}) stay in
 `evaluate_tasks`; everything it calls on scores is pure.
 """
@@ -42,6 +46,20 @@ QA_MAX_NEW_TOKENS = 24
 
 def _encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) of each (context, continuation) text pair, by lm-evaluation-harness's
+    rule: whitespace ending the context moves to the continuation, and the continuation's ids are those
+    that follow the context's ids in the encoding of the whole text (so a merge across the boundary is
+    tokenised as in the running text)."""
+    moved = []
+    for ctx, cont in pairs:
+        n = len(ctx) - len(ctx.rstrip())
+        moved.append((ctx[:len(ctx) - n], ctx[len(ctx) - n:] + cont))
+    ctx_ids = _encode(tokenizer, [c for c, _ in moved])
+    whole = _encode(tokenizer, [c + t for c, t in moved])
+    return [(c, w[len(c):]) for c, w in zip(ctx_ids, whole)]
 
 
 def prompts_for(data: TaskData, shots: int, max_examples: int = 0) -> list[str]:
@@ -88,9 +106,9 @@ def lambada_metrics(results: Sequence[Loglikelihood]) -> dict[str, float]:
 
 def multiple_choice_metrics(loglikelihoods: Sequence[Sequence[float]], choices: Sequence[Sequence[str]],
                             labels: Sequence[int]) -> dict[str, float]:
-    """acc (summed loglikelihood) and acc_norm (per UTF-8 byte of the choice text)."""
+    """acc (summed loglikelihood) and acc_norm (per character of the choice text, as lm-eval 0.4)."""
     acc = [M.choose(ll) == y for ll, y in zip(loglikelihoods, labels)]
-    acc_norm = [M.choose(ll, [len(c.encode("utf-8")) for c in ch]) == y
+    acc_norm = [M.choose(ll, [len(c) for c in ch]) == y
                 for ll, ch, y in zip(loglikelihoods, choices, labels)]
     return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm))}
 
@@ -98,6 +116,14 @@ def multiple_choice_metrics(loglikelihoods: Sequence[Sequence[float]], choices: 
 def qa_metrics(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
     """Exact match against any alias."""
     return {"em": float(np.mean([M.exact_match(p, a) for p, a in zip(predictions, answers)]))}
+
+
+def loglikelihood_requests(data: TaskData, prompts: Sequence[str], tokenizer: Tokenizer
+                           ) -> tuple[list[list[str]], list[tuple[list[int], list[int]]]]:
+    """(continuation texts per example, flat (context ids, continuation ids) requests) of a scored task."""
+    conts = [P.targets(data.kind, ex) for ex in data.examples[:len(prompts)]]
+    pairs = [(prompt, c) for prompt, cs in zip(prompts, conts) for c in cs]
+    return conts, encode_pairs(tokenizer, pairs)
 
 
 def evaluate_task(data: TaskData, apply_fn: ApplyFn, params: Any, tokenizer: Tokenizer, *, max_len: int,
@@ -109,14 +135,7 @@ def evaluate_task(data: TaskData, apply_fn: ApplyFn, params: Any, tokenizer: Tok
         preds = generate_until(apply_fn, params, tokenizer, prompts, max_len=max_len, batch_size=batch_size)
         out = qa_metrics(preds, [ex.answers for ex in examples])
     else:
-        conts = [P.targets(data.kind, ex) for ex in examples]
-        ctx_ids = _encode(tokenizer, prompts)
-        flat_conts = _encode(tokenizer, [c for cs in conts for c in cs])
-        requests, k = [], 0
-        for i, cs in enumerate(conts):
-            for _ in cs:
-                requests.append((ctx_ids[i], flat_conts[k]))
-                k += 1
+        conts, requests = loglikelihood_requests(data, prompts, tokenizer)
         results = loglikelihood(apply_fn, params, requests, max_len=max_len, batch_size=batch_size)
         if data.kind == "lambada":
             out = lambada_metrics(results)
@@ -164,7 +183,8 @@ def evaluate_tasks(tasks: Sequence[str], model: Any, params: Any, tokenizer: Tok
       model: the Flax Transformer (its cfg.max_len is the context length).
       params: its parameters (dense or already masked).
       tokenizer: the tokenizers.Tokenizer the model was trained with.
-      eval_cfg: config.eval (shots, max_examples, batch_size).
+      eval_cfg: config.eval (shots, max_examples, batch_size; lm_eval_tasks: lm-evaluation-harness tasks
+        run on the same scoring, their metrics as lmeval_<task>_<metric> with lm-eval's stderr).
       data_dir: offline data directory laid out like shared/data; None reads TFDS.
       out_dir: if set, writes OUT_DIR/eval/<tag>.md and <tag>.json.
       tag: file name of the written tables (e.g. the stage name).
@@ -193,10 +213,22 @@ def evaluate_tasks(tasks: Sequence[str], model: Any, params: Any, tokenizer: Tok
                           max_examples=int(eval_cfg.max_examples), batch_size=int(eval_cfg.batch_size))
         rows.append(dict(m, task=name, shots=int(eval_cfg.shots), seconds=time.time() - t0, source=data.source))
         flat.update({f"{name}_{k}": v for k, v in m.items()})
-    if out_dir is not None and rows:
+    lm_tasks = list(eval_cfg.get("lm_eval_tasks", ()) or ())
+    lm_table, lm_results = "", None
+    if lm_tasks:
+        from jaxprune.evaluation import lm_eval_backend as B
+        lm = B.JaxpruneLM(model, params, tokenizer, batch_size=int(eval_cfg.batch_size), apply_fn=apply_fn,
+                          batch_sharding=getattr(apply_fn, "batch_sharding", None))
+        res = B.run_tasks(lm, lm_tasks, limit=int(eval_cfg.max_examples) or None, num_fewshot=int(eval_cfg.shots))
+        flat.update(B.flat_metrics(res))
+        lm_table = "\n" + B.format_table(res)
+        lm_results = {t: {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
+                      for t, r in res["results"].items()}
+    if out_dir is not None and (rows or lm_tasks):
         out = Path(out_dir) / "eval"
-        write_text_atomic(out / f"{tag}.md", format_table(rows))
+        write_text_atomic(out / f"{tag}.md", (format_table(rows) if rows else "") + lm_table)
         write_text_atomic(out / f"{tag}.json", json.dumps(
             {"tag": tag, "max_len": max_len, "max_examples": int(eval_cfg.max_examples),
-             "batch_size": int(eval_cfg.batch_size), "tasks": rows, "metrics": flat}, indent=1))
+             "batch_size": int(eval_cfg.batch_size), "tasks": rows, "metrics": flat,
+             **({"lm_eval": lm_results} if lm_results else {})}, indent=1))
     return flat

@@ -57,8 +57,8 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
 def choose(loglikelihoods: Sequence[float], lengths: Sequence[float] | None = None) -> int:
     """Index of the best choice: highest loglikelihood, or highest loglikelihood per unit length.
 
-    Ties go to the first choice. `lengths` (e.g. UTF-8 byte lengths of the choices)
-    gives lm-evaluation-harness's `acc_norm` decision.
+    Ties go to the first choice. `lengths` (the choices' lengths in characters) gives
+    lm-evaluation-harness 0.4's `acc_norm` decision.
     """
     ll = np.asarray(loglikelihoods, np.float64)
     if lengths is not None:

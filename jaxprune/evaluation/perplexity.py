@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from jaxprune.data import corpus
 from jaxprune.data.tokenizer import fingerprint
-from jaxprune.evaluation.scoring import ApplyFn, _fetch, _put
+from jaxprune.evaluation.scoring import ApplyFn, _fetch, _on_device, _put
 
 # task name -> (corpus source, split, TFDS dataset for users without the data directory or None)
 CORPORA = {
@@ -69,6 +69,7 @@ def corpus_perplexity(apply_fn: ApplyFn, params: Any, tokens: np.ndarray, *, max
                       max_windows: int = 0, batch_sharding: Any = None) -> dict[str, float]:
     """{"ppl", "loss", "tokens", "windows"} of `tokens` (see the module docstring)."""
     seqs, weights = windows(tokens, max_len, max_windows)
+    params = _on_device(params)
     pad = (-len(seqs)) % batch_size  # whole batches only: one compilation; padded rows weigh zero
     seqs = np.concatenate([seqs, np.zeros((pad, seqs.shape[1]), np.int32)])
     weights = np.concatenate([weights, np.zeros((pad, weights.shape[1]), np.float32)])

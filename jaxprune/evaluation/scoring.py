@@ -53,7 +53,7 @@ class ModuleApply:
                cache_len: int | None = None, select: jax.Array | None = None) -> tuple[jax.Array, Any]:
         """(logits, new cache) of tokens (B, S) at positions (B, S) (consecutive per row).
 
-        cache None starts an empty cache of cache_len positions (a prefill)."""
+        cache None: a prefill (positions from 0) that starts a cache of cache_len positions."""
         variables = {"params": params} if cache is None else {"params": params, "cache": cache}
         logits, new = self.module.apply(variables, self._constrain(tokens), positions=self._constrain(positions),
                                         decode=True, cache_len=cache_len, select=select, mutable=["cache"])
@@ -65,6 +65,12 @@ def _put(arrays: Sequence[np.ndarray], sharding: Any) -> list:
     if sharding is None:
         return list(arrays)
     return [jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays]
+
+
+def _on_device(params: Any) -> Any:
+    """Host (numpy) leaves moved to the default device once: a jitted call would copy them on every batch,
+    and with asynchronous dispatch those copies pile up. Device arrays (sharded or not) stay as they are."""
+    return jax.tree.map(lambda x: jax.device_put(x) if isinstance(x, np.ndarray) else x, params)
 
 
 def _fetch(tree: Any) -> Any:
@@ -174,6 +180,7 @@ def loglikelihood(apply_fn: ApplyFn, params: Any, requests: Sequence[tuple[Seque
     every batch over devices; batch_size must then be divisible by the number of shards.
     """
     _check_batch(batch_size, batch_sharding)
+    params = _on_device(params)
     buckets = tuple(buckets or length_buckets(max_len))
     if buckets[-1] < max_len:
         buckets += (max_len,)
@@ -322,6 +329,7 @@ def generate(apply_fn: ApplyFn, params: Any, prompts: Sequence[Sequence[int]], *
     if sampling is not None and not (sampling.temperature > 0 and sampling.top_k >= 0):
         raise ValueError(f"sampling needs temperature > 0 and top_k >= 0, got {sampling}")
     cached = use_cache and hasattr(apply_fn, "decode")
+    params = _on_device(params)
     buckets = tuple(buckets or length_buckets(max_len))
     if buckets[-1] < max_len:
         buckets += (max_len,)

@@ -89,17 +89,26 @@ def _cached_attention(mod: nn.Module, q: jax.Array, k: jax.Array, v: jax.Array, 
                       cache_len: int | None, window: int | None) -> jax.Array:
     """Attention of new positions (B, S) over a key/value cache held in the "cache" collection.
 
-    k, v (B, S, K, D) are written at each row's positions (consecutive per row) into the cache
-    (B, L, K, D) -- created empty with L = cache_len when absent -- and each query attends to the
-    cached positions up to its own (minus the sliding window)."""
-    b = k.shape[0]
-    ck = mod.variable("cache", "key", jnp.zeros, (b, cache_len) + k.shape[2:], k.dtype)
-    cv = mod.variable("cache", "value", jnp.zeros, (b, cache_len) + v.shape[2:], v.dtype)
-    write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice_in_dim(c, new, start, axis=0))
-    ck.value = write(ck.value, k, positions[:, 0])
-    cv.value = write(cv.value, v, positions[:, 0])
-    j = jnp.arange(ck.value.shape[1])[None, None, :]  # (1, 1, L)
-    p = positions[:, :, None]  # (B, S, 1)
+    Without a cache this is a prefill from position 0: causal attention over the S new positions,
+    whose keys and values start a cache (B, L, K, D) of L = cache_len positions. With one, k, v
+    (B, S, K, D) are written at each row's positions (consecutive per row) and each query attends
+    to the cached positions up to its own (minus the sliding window)."""
+    b, s = k.shape[:2]
+    if not mod.has_variable("cache", "key"):  # a prefill from position 0: causal attention over the new tokens
+        pad = ((0, 0), (0, cache_len - s), (0, 0), (0, 0))
+        mod.variable("cache", "key", lambda: jnp.pad(k, pad))
+        mod.variable("cache", "value", lambda: jnp.pad(v, pad))
+        local = None if window is None or window >= s else (window - 1, 0)
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local)
+    ck, cv = mod.variable("cache", "key"), mod.variable("cache", "value")
+    slots = jnp.arange(ck.value.shape[1])  # (L,)
+    if s == 1:  # one new position per row: a select, cheaper than a scatter
+        here = (slots[None, :] == positions[:, :1])[:, :, None, None]  # (B, L, 1, 1)
+        ck.value, cv.value = jnp.where(here, k, ck.value), jnp.where(here, v, cv.value)
+    else:
+        write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice_in_dim(c, new, start, axis=0))
+        ck.value, cv.value = write(ck.value, k, positions[:, 0]), write(cv.value, v, positions[:, 0])
+    j, p = slots[None, None, :], positions[:, :, None]  # (1, 1, L), (B, S, 1)
     allowed = (j <= p) if window is None else (j <= p) & (j > p - window)  # (B, S, L)
     return jax.nn.dot_product_attention(q, ck.value, cv.value, mask=allowed[:, None])
 
@@ -183,8 +192,8 @@ class Transformer(nn.Module):
 
     select (B, S): logits (B, S, V) of those positions only (the LM head runs there alone).
     decode: key/value-cache decoding (the "cache" collection must be mutable): tokens sit at
-    positions (B, T), consecutive per row; the cache (one (B, L, K, D) key and value per block,
-    L = cache_len) is created empty when absent.
+    positions (B, T), consecutive per row; without a cache (one (B, L, K, D) key and value per
+    block) the call is a prefill from position 0 that creates it with L = cache_len.
     """
 
     cfg: ModelConfig
