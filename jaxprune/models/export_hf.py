@@ -91,33 +91,50 @@ def tokenizer_files(tokenizer: Any, out: Path, max_len: int) -> dict[str, Any]:
     return ids
 
 
-def save_hf(out_dir: str | os.PathLike, params: Any, cfg: ModelConfig, tokenizer: Any = None, masks: Any = None,
-            max_shard_size: int | str = DEFAULT_SHARD_SIZE, progress: bool = False) -> list[Path]:
-    """Writes a transformers-loadable directory; returns the paths written. See the module docstring."""
+def write_safetensors(out: Path, tensors: dict[str, Any], max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+                      progress: bool = False) -> list[Path]:
+    """Writes `tensors` (numpy arrays, or torch tensors) as model.safetensors, or as shards plus
+    model.safetensors.index.json when they exceed `max_shard_size`; returns the files written."""
     from huggingface_hub import split_state_dict_into_shards_factory
-    from safetensors.numpy import save_file
     from tqdm.auto import tqdm
 
-    hf_config = hf_names.hf_config_from_model(cfg)  # ValueError before anything is written
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = state_dict(params, cfg, masks)
-    ids = tokenizer_files(tokenizer, out, cfg.max_len) if tokenizer is not None else {}
-    hf_config.update(ids)
-    written = [out / "tokenizer.json", out / "tokenizer_config.json"] if tokenizer is not None else []
-    split = split_state_dict_into_shards_factory(tensors, get_storage_size=lambda a: a.nbytes,
+    if all(isinstance(t, np.ndarray) for t in tensors.values()):
+        from safetensors.numpy import save_file
+        nbytes = lambda a: a.nbytes  # noqa: E731
+    else:
+        from safetensors.torch import save_file
+        nbytes = lambda a: a.numel() * a.element_size()  # noqa: E731
+    split = split_state_dict_into_shards_factory(tensors, get_storage_size=nbytes,
                                                  filename_pattern="model{suffix}.safetensors",
                                                  max_shard_size=max_shard_size)
+    written = []
     for filename, keys in tqdm(split.filename_to_tensors.items(), desc=f"writing {out.name}", unit="shard",
                                disable=not progress, leave=False):
         save_file({k: tensors[k] for k in keys}, str(out / filename), metadata={"format": "pt"})
         written.append(out / filename)
     if split.is_sharded:
-        index = {"metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
+        index = {"metadata": {"total_size": int(sum(nbytes(a) for a in tensors.values()))},
                  "weight_map": dict(sorted(split.tensor_to_filename.items()))}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         written.append(out / "model.safetensors.index.json")
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    gen = {"_from_model_config": True, **ids}
-    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    return written + [out / "config.json", out / "generation_config.json"]
+    return written
+
+
+def write_configs(out: Path, hf_config: dict[str, Any], tokenizer: Any, max_len: int) -> list[Path]:
+    """config.json, generation_config.json and (with a tokenizer) its two files; returns the files written."""
+    ids = tokenizer_files(tokenizer, out, max_len) if tokenizer is not None else {}
+    (out / "config.json").write_text(json.dumps({**hf_config, **ids}, indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps({"_from_model_config": True, **ids}, indent=2) + "\n")
+    files = [out / "config.json", out / "generation_config.json"]
+    return files + ([out / "tokenizer.json", out / "tokenizer_config.json"] if tokenizer is not None else [])
+
+
+def save_hf(out_dir: str | os.PathLike, params: Any, cfg: ModelConfig, tokenizer: Any = None, masks: Any = None,
+            max_shard_size: int | str = DEFAULT_SHARD_SIZE, progress: bool = False) -> list[Path]:
+    """Writes a transformers-loadable directory; returns the paths written. See the module docstring."""
+    hf_config = hf_names.hf_config_from_model(cfg)  # ValueError before anything is written
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = state_dict(params, cfg, masks)
+    return write_safetensors(out, tensors, max_shard_size, progress) + \
+        write_configs(out, hf_config, tokenizer, cfg.max_len)
