@@ -9,8 +9,9 @@ machine's default backend:
 
 * prefill: one forward pass over a batch of 4 x 512 tokens (logits included);
 * decode: greedy generation of 32 tokens, token by token, for a batch of 4 after a
-  512-token prompt, with a KV cache (a pure-jnp GPT-2 decode step defined here and
-  checked against the Flax model's logits); the prompt's prefill is not timed.
+  512-token prompt, with the library's KV cache (the Transformer's decode path, as
+  `jaxprune.evaluation.scoring.generate` uses it), checked against the model's full
+  forward logits; the prompt's prefill is not timed.
 
 Rounds are interleaved (dense, 25 %, 50 %, 75 %, dense, ...) and each number is the
 median over rounds. FLOPs are the matmul FLOPs actually executed (2 per multiply-add:
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune import sparsity
+from jaxprune.evaluation.scoring import ModuleApply
 from jaxprune.models import build_model, init_params, param_count
 from jaxprune.models.compact import compact_model, prune_structured
 from jaxprune.models.presets import ModelConfig
@@ -50,65 +52,25 @@ def forward_flops(cfg: ModelConfig, batch: int, q_len: int, kv_len: int) -> floa
     return total + 2 * batch * q_len * e * cfg.vocab_size  # tied lm head
 
 
-# -- KV-cache decoding (pure jnp, GPT-2 layout, per-block widths) ------------------------
-def _ln(x, p, eps):
-    mu = jnp.mean(x, -1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mu), -1, keepdims=True)
-    return (x - mu) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def _block(cfg: ModelConfig, i: int, p, x, cache, pos):
-    """x (B, S, E) new tokens at positions pos..pos+S-1; cache (k, v) each (B, Tmax, H_i, D)."""
-    b, s, _ = x.shape
-    h, d = cfg.heads_of(i), cfg.head_dim
-    y = _ln(x, p["ln_1"], cfg.norm_eps)
-    qkv = y @ p["attn"]["c_attn"]["kernel"] + p["attn"]["c_attn"]["bias"]  # (B, S, 3HD)
-    q, k, v = jnp.split(qkv.reshape(b, s, 3, h, d), 3, axis=2)
-    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, S, H, D)
-    ck = jax.lax.dynamic_update_slice(cache[0], k, (0, pos, 0, 0))
-    cv = jax.lax.dynamic_update_slice(cache[1], v, (0, pos, 0, 0))
-    t = ck.shape[1]
-    att = jnp.einsum("bshd,bthd->bhst", q, ck) / jnp.sqrt(jnp.float32(d))  # (B, H, S, Tmax)
-    allowed = jnp.arange(t)[None, :] <= (pos + jnp.arange(s))[:, None]  # (S, Tmax)
-    att = jax.nn.softmax(jnp.where(allowed, att, -jnp.inf), axis=-1)
-    o = jnp.einsum("bhst,bthd->bshd", att, cv).reshape(b, s, h * d)
-    x = x + o @ p["attn"]["c_proj"]["kernel"] + p["attn"]["c_proj"]["bias"]
-    y = _ln(x, p["ln_2"], cfg.norm_eps)
-    hdn = jax.nn.gelu(y @ p["mlp"]["c_fc"]["kernel"] + p["mlp"]["c_fc"]["bias"], approximate=True)
-    x = x + hdn @ p["mlp"]["c_proj"]["kernel"] + p["mlp"]["c_proj"]["bias"]
-    return x, (ck, cv)
-
-
-def _step(cfg: ModelConfig, params, tokens, caches, pos):
-    """Logits (B, S, V) of new tokens (B, S) at positions pos.., and the updated caches."""
-    x = params["wte"]["embedding"][tokens] + jax.lax.dynamic_slice_in_dim(
-        params["wpe"]["embedding"], pos, tokens.shape[1])[None]
-    new = []
-    for i in range(cfg.n_layer):
-        x, c = _block(cfg, i, params[f"h_{i}"], x, caches[i], pos)
-        new.append(c)
-    x = _ln(x, params["ln_f"], cfg.norm_eps)
-    return x @ params["wte"]["embedding"].T, new
-
-
-def make_decoder(cfg: ModelConfig, batch: int, t_max: int):
-    """(prefill(params, prompt) -> (caches, next_tok), decode(params, caches, tok, pos, steps) -> (toks, logits))."""
-    def empty():
-        return [(jnp.zeros((batch, t_max, cfg.heads_of(i), cfg.head_dim)),) * 2 for i in range(cfg.n_layer)]
+# -- KV-cache decoding: the library's (Transformer decode path via ModuleApply.decode) ------------
+def make_decoder(cfg: ModelConfig, t_max: int):
+    """(prefill(params, prompt) -> (cache, next_tok), decode(params, cache, tok, pos, steps) -> (toks, logits))."""
+    apply = ModuleApply(build_model(cfg))
 
     @jax.jit
     def prefill(params, prompt):
-        logits, caches = _step(cfg, params, prompt, empty(), 0)
-        return caches, jnp.argmax(logits[:, -1], -1)
+        b, p = prompt.shape
+        logits, cache = apply.decode(params, prompt, jnp.broadcast_to(jnp.arange(p), (b, p)), None,
+                                     cache_len=t_max, select=jnp.full((b, 1), p - 1))
+        return cache, jnp.argmax(logits[:, 0], -1)
 
     @partial(jax.jit, static_argnums=(4,))
-    def decode(params, caches, tok, pos, steps):
+    def decode(params, cache, tok, pos, steps):
         def body(carry, _):
-            caches, tok, pos = carry
-            logits, caches = _step(cfg, params, tok[:, None], caches, pos)
-            nxt = jnp.argmax(logits[:, 0], -1)
-            return (caches, nxt, pos + 1), (tok, logits[:, 0])
-        _, (toks, logits) = jax.lax.scan(body, (caches, tok, pos), None, length=steps)
+            cache, tok, pos = carry
+            logits, cache = apply.decode(params, tok[:, None], jnp.full((tok.shape[0], 1), pos), cache)
+            return (cache, jnp.argmax(logits[:, 0], -1), pos + 1), (tok, logits[:, 0])
+        _, (toks, logits) = jax.lax.scan(body, (cache, tok, pos), None, length=steps)
         return toks.T, jnp.moveaxis(logits, 0, 1)  # (B, steps), (B, steps, V)
 
     return prefill, decode
@@ -160,7 +122,7 @@ def main() -> None:
     fns = {}
     for name, (c, p) in models.items():
         fwd = jax.jit(build_model(c).apply)
-        prefill, decode = make_decoder(c, args.batch, t_max)
+        prefill, decode = make_decoder(c, t_max)
         caches, tok = prefill(p, prompt)
         # the KV-cache decoder agrees with the Flax model on the prompt's continuation
         toks, logits = decode(p, caches, tok, args.prefill_len, args.decode_steps)
