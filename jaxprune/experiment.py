@@ -332,11 +332,22 @@ class Experiment:
 
     def _check_token_counts(self) -> None:
         """Enough tokenised text for one batch of every phase that trains, and one held-out window."""
+        def too_short(split: str, e: DataError) -> DataError:
+            return DataError(f"the {split} text of data.source={self.config.data.source!r} is too short: {e}; give "
+                             f"more text (or raise data.max_train_bytes / data.max_eval_bytes), or lower the batch "
+                             f"size or model.max_len")
+
         for name, phase in (("pretrain", self.config.pretrain), ("finetune", self.config.finetune)):
             steps = phase.steps if name == "finetune" or self.config.model.init == "scratch" else 0
             if steps:
-                corpus.train_batches(self.train_tokens, self.seq_len, phase.batch_size, self.config.seed)
-        corpus.PackedSequences(self.val_tokens, self.seq_len)
+                try:
+                    corpus.train_batches(self.train_tokens, self.seq_len, phase.batch_size, self.config.seed)
+                except DataError as e:
+                    raise too_short("training", e) from e
+        try:
+            corpus.PackedSequences(self.val_tokens, self.seq_len)
+        except DataError as e:
+            raise too_short("validation", e) from e
 
     def _check_task_data(self) -> None:
         """Reads every configured evaluation task now, so a broken file fails before any compute."""

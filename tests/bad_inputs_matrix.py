@@ -277,6 +277,7 @@ def main() -> None:
         tmp = root / f"case{n}"
         tmp.mkdir()
         row = run_case(case, data_dir, tokenizer, root / "cache", tmp)
+        row["first_line"] = row["first_line"].replace(str(root), "$TMP")
         ok = row["code"] == row["expected"] and not row["traceback"] and not row["claimed"]
         row["ok"] = ok
         rows.append(row)
@@ -284,7 +285,7 @@ def main() -> None:
     bad = [r for r in rows if not r["ok"]]
     table = ["| # | area | case | exit | first line |", "|---|---|---|---|---|"]
     for n, r in enumerate(rows, start=1):
-        line = r["first_line"].replace("|", "\\|")
+        line = r["first_line"].replace("|", "\\|").replace("`", "'")
         flag = "" if r["ok"] else f" **(expected {r['expected']}{', traceback' if r['traceback'] else ''}" \
                                   f"{', claimed the workdir' if r['claimed'] else ''})**"
         table.append(f"| {n} | {r['area']} | {r['case']} | {r['code']}{flag} | `{line}` |")
@@ -294,7 +295,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("# Bad-input matrix (issue 17)\n\nEach case: `python -m jaxprune.main` on "
                             "`tests/tiny_config.py` with one mistake, run by `tests/bad_inputs_matrix.py`; the exit "
-                            "code and the first error line (for a config error, also its first problem).\n\n"
+                            "code and the first error line (for a config error, also its first problem); `$TMP` is the "
+                            "matrix's temporary directory.\n\n"
                             + summary + "\n\n" + "\n".join(table) + "\n")
         print(f"wrote {args.out}")
     print(f"RESULT cases={len(rows)} ok={len(rows) - len(bad)} bad={len(bad)}")
