@@ -235,6 +235,12 @@ class Experiment:
         self.model_cfg = mcfg
         self.model = build_model(mcfg)
         self.seq_len = mcfg.max_len
+        if config.model.init in PRETRAINED_INITS:  # HF: every shard, tensor name and shape, from headers only
+            from jaxprune.models.pretrained import check_pretrained
+            try:
+                check_pretrained(config, mcfg)
+            except (ValueError, KeyError, OSError) as e:
+                raise pretrained_file_error(config, e) from e
         self._check_prunable()
         self.tokenizer = prepare_tokenizer(config, self.workdir, progress)
         if self.tokenizer.get_vocab_size() > mcfg.vocab_size:
@@ -501,7 +507,8 @@ class Experiment:
             from jaxprune.models import load_pretrained  # imported weights (HF GPT-2 safetensors, GGUF)
             _log(f"[dense] loading {self.config.model.init} weights from {self.config.model.init_path}")
             try:
-                params = load_pretrained(self.config, self.model_cfg)
+                # HF tensors are read block by block straight into their device shards
+                params = load_pretrained(self.config, self.model_cfg, shardings=self.param_sh, progress=self.progress)
             except (ValueError, KeyError, OSError) as e:  # a damaged file, or one that does not fit the preset
                 raise pretrained_file_error(self.config, e) from e
         params = jax.device_put(params, self.param_sh)
