@@ -7,7 +7,8 @@ B: the same pruning by sorting: all prunable magnitudes concatenated, ``jnp.sort
 
 Both take the library's real pytree: the parameters of a jaxprune GPT-2-style Transformer (random
 normal values; shapes from ``jax.eval_shape`` of the model's init) with the default prunable leaves
-(every attention and MLP kernel). Compilation is timed separately (lower + compile). Then A and B
+(every attention and MLP kernel). Tracing + lowering and XLA compilation are timed
+separately (compile in wall and process CPU time). Then A and B
 run in interleaved rounds (A B, B A, ...), each call to ``block_until_ready``; wall time and process
 CPU time (all threads) are reported as min and median. The masks of A and B are checked identical
 except at entries equal to the threshold (B prunes all of them, A exactly ``floor(rate * n)`` entries,
@@ -81,11 +82,14 @@ def bench(name: str, repeats: int, rate: float) -> dict:
     counts = sparsity.prune_counts(params, masks, rate)
     n = sum(m.size for m in jax.tree.leaves(masks))
     fns = {}
-    compile_s = {}
+    compile_s, compile_cpu, lower_s = {}, {}, {}
     for label, f in (("library", library_prune), ("sort", sort_prune)):
         t0 = time.perf_counter()
-        fns[label] = jax.jit(f).lower(params, masks, counts).compile()
-        compile_s[label] = time.perf_counter() - t0
+        lowered = jax.jit(f).lower(params, masks, counts)
+        lower_s[label] = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        fns[label] = lowered.compile()
+        compile_s[label], compile_cpu[label] = time.perf_counter() - t0, time.process_time() - c0
     wall = {"library": [], "sort": []}
     cpu = {"library": [], "sort": []}
     outs = {}
@@ -109,11 +113,14 @@ def bench(name: str, repeats: int, rate: float) -> dict:
     speed = statistics.median(wall["sort"]) / statistics.median(wall["library"])
     print(f"{name:>5} n={n:>13,d} leaves={len(jax.tree.leaves(masks))}")
     for label in order:
-        print(f"      {label:8s} compile {compile_s[label]:6.2f} s | wall ms {stats(wall[label])} | "
+        print(f"      {label:8s} trace+lower {lower_s[label]:5.2f} s, compile {compile_s[label]:6.2f} s "
+              f"({compile_cpu[label]:5.2f} s cpu) | "
+              f"wall ms {stats(wall[label])} | "
               f"cpu ms {stats(cpu[label])}")
     print(f"      speedup (median wall) {speed:6.1f}x  (min wall) {min(wall['sort']) / min(wall['library']):6.1f}x  "
           f"masks agree: {same}")
     return {"size": name, "n": n, "speedup": speed, "compile_library_s": compile_s["library"],
+            "compile_library_cpu_s": compile_cpu["library"],
             "library_ms": statistics.median(wall["library"]) * 1e3, "sort_ms": statistics.median(wall["sort"]) * 1e3}
 
 
@@ -127,6 +134,7 @@ def main() -> None:
     results = [bench(s, args.repeats, args.rate) for s in args.sizes]
     for r in results:
         print(f"RESULT threshold_compile_s_{r['size']}={r['compile_library_s']:.2f}")
+        print(f"RESULT threshold_compile_cpu_s_{r['size']}={r['compile_library_cpu_s']:.2f}")
         print(f"RESULT threshold_ms_{r['size']}={r['library_ms']:.1f}")
         print(f"RESULT threshold_speedup_vs_sort_{r['size']}={r['speedup']:.2f}")
 

@@ -364,9 +364,9 @@ def test_select_smallest_stacks_same_shapes_in_leaf_order(kind, seed, k):
         np.testing.assert_array_equal(np.asarray(s).ravel(), exp)
 
 
-def test_select_smallest_large_input_takes_16_bit_digits():
-    assert S.radix_widths(1 << 22) == (16, 16) and S.radix_widths(1000) == (11, 11, 10)
-    assert S.radix_widths(1 << 22, 23) == (12, 11)
+def test_select_smallest_large_input_with_ties():
+    assert S.radix_widths(32) == (16, 16) and S.radix_widths(23) == (12, 11) and S.radix_widths(9) == (9,)
+    assert S.radix_widths(32, selections=65) == (11, 11, 10)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3000, size=(4, 1 << 20)).astype(np.float32)  # 2**22 + 5000 entries, many ties
     y = rng.normal(size=5000).astype(np.float32)
@@ -376,3 +376,14 @@ def test_select_smallest_large_input_takes_16_bit_digits():
     expected = np.zeros(flat.size, bool)
     expected[np.argsort(flat, kind="stable")[:k]] = True
     np.testing.assert_array_equal(np.concatenate([np.asarray(a).ravel(), np.asarray(b)]), expected)
+
+
+def test_select_smallest_each_over_many_arrays_uses_narrow_digits():
+    rng = np.random.default_rng(1)
+    parts = [rng.integers(0, 3, size=(5,)).astype(np.float32) for _ in range(70)]  # > 64 selections
+    ks = rng.integers(0, 7, len(parts))
+    each = _select_each([S.order_keys(jnp.asarray(p)) for p in parts], jnp.asarray(ks, jnp.int32))
+    for p, s, ki in zip(parts, each, ks):
+        exp = np.zeros(p.size, bool)
+        exp[np.argsort(p, kind="stable")[: min(ki, p.size)]] = True
+        np.testing.assert_array_equal(np.asarray(s), exp)

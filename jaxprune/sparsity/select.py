@@ -2,10 +2,9 @@
 
 Exact-k selection never sorts. Scores are mapped to uint32 keys whose integer order
 is the float order (see :func:`order_keys`); the k-th smallest key is then found by a
-radix select: each pass histograms one digit of the keys (two 16-bit digits for large
-inputs) among the entries whose higher digits match the prefix found so far, so the
-data is read once per digit and only histograms (summed across devices under SPMD)
-cross shards. Among entries equal to the threshold, those with the lowest position
+radix select: each pass histograms one digit of the keys (two 16-bit digits) among
+the entries whose higher digits match the prefix found so far, so the data is read
+once per digit and only histograms (summed across devices under SPMD) cross shards. Among entries equal to the threshold, those with the lowest position
 (tree-flattening order of the leaves, then flat index) are pruned first; when that
 matters, a second radix select over the positions of the ties finds the cut.
 
@@ -51,14 +50,16 @@ def keys_to_float(keys: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def radix_widths(n: int, bits: int = 32) -> tuple[int, ...]:
-    """Digit widths (most significant first) of the radix passes over ``n`` ``bits``-bit values.
+def radix_widths(bits: int = 32, selections: int = 1) -> tuple[int, ...]:
+    """Digit widths (most significant first) of the radix passes over ``bits``-bit values.
 
-    Large inputs take two 16-bit passes (a 65536-bucket histogram costs little next to
-    reading the data twice); smaller ones 11-bit digits, whose bucket search is cheaper.
+    16-bit digits: two passes over 32-bit keys, and a 65536-bucket histogram costs little
+    next to reading the data (fewer passes also compile faster). Many selections at once
+    (layer-wise over more than 64 arrays) take 11-bit digits so that their joint histogram
+    stays small.
     """
-    width = 16 if n >= 1 << 22 else 11
-    passes = -(-bits // width)
+    width = 16 if selections <= 64 else 11
+    passes = max(1, -(-bits // width))
     base, extra = divmod(bits, passes)
     return tuple(base + (i < extra) for i in range(passes))
 
@@ -154,7 +155,7 @@ def _select(keys: Sequence[jax.Array], k: jax.Array, selection: Sequence[int], n
     biggest = int(sizes.max(initial=0))
     if biggest == 0:
         return [jnp.zeros(s, bool) for s in shapes]
-    t, rank, n_ties = _radix_select(stacked, [None] * len(stacked), nonempty, num, kc, 32, radix_widths(biggest))
+    t, rank, n_ties = _radix_select(stacked, [None] * len(stacked), nonempty, num, kc, 32, radix_widths(32, num))
     sel = np.asarray(selection, np.int32)
 
     def last_tie():
@@ -162,7 +163,7 @@ def _select(keys: Sequence[jax.Array], k: jax.Array, selection: Sequence[int], n
         nbits = max(1, (biggest - 1).bit_length())
         pos = [_positions((len(st.members),) + st.shape, st.offset) for st in nonempty]
         ties = [v == _per_member(t[st.selection], v.ndim - 1) for v, st in zip(stacked, nonempty)]
-        return _radix_select(pos, ties, nonempty, num, rank, nbits, radix_widths(biggest, nbits))[0]
+        return _radix_select(pos, ties, nonempty, num, rank, nbits, radix_widths(nbits, num))[0]
 
     # The position search is only needed when a threshold value is shared by more entries
     # than are still to be taken; skip it in the common (continuous-score) case.
@@ -188,7 +189,7 @@ def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int) -> jax.Array
     stacks = [st for st in _stacks(shapes, [0] * len(keys)) if int(np.prod(st.shape))]
     stacked = [_stacked(keys, st) for st in stacks]
     key, _, _ = _radix_select(stacked, [None] * len(stacked), stacks, 1, jnp.clip(k, 1, total)[None], 32,
-                              radix_widths(total))
+                              radix_widths(32))
     return jnp.where(k <= 0, jnp.uint32(0), jnp.where(k > total, jnp.uint32(0xFFFFFFFF), key[0]))
 
 
