@@ -245,3 +245,18 @@ def test_config_model_from_hf_reads_transformers4_layout():
     cfg = model_config_from_hf(old)
     assert (cfg.rope_theta, dict(cfg.rope_scaling)) == (5e5, {"rope_type": "linear", "factor": 2.0})
     assert cfg.tie_embeddings is False  # LlamaConfig's default
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_uniformly_compacted_model_exports_with_its_smaller_width(pruned, tmp_path, kind):
+    """A structurally compacted model (every MLP cut to 48 neurons) is still a transformers model."""
+    from jaxprune.models import init_params
+    cfg = pruned[kind][0]
+    small = cfg.__class__(**{**cfg.__dict__, "layer_d_ff": (48, 48)})
+    params, _ = init_params(Transformer(small), jax.random.key(3))
+    export_hf.save_hf(tmp_path, params, small)
+    assert json.loads((tmp_path / "config.json").read_text())["n_inner" if kind == "gpt2" else
+                                                              "intermediate_size"] == 48
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    diff = np.abs(_jax_logits(small, params, _tokens(2)) - _torch_logits(model, _tokens(2))).max()
+    assert diff <= TOL, diff
