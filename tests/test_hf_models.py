@@ -260,3 +260,22 @@ def test_uniformly_compacted_model_exports_with_its_smaller_width(pruned, tmp_pa
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     diff = np.abs(_jax_logits(small, params, _tokens(2)) - _torch_logits(model, _tokens(2))).max()
     assert diff <= TOL, diff
+
+
+def test_streamed_import_on_8_fake_devices(checkpoints):
+    """Each device's block is read straight into it (meshes 8x1x1, 2x2x2, 1x4x2), equal to the host import."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, str(here / "hf_mesh_check.py"), str(checkpoints["qwen2"][0])], env=env,
+                          cwd=here.parent, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for mesh, r in result.items():
+        assert r["shardings"] and r["equal"], (mesh, r)
+        assert r["bytes_read"] == r["bytes_of_distinct_blocks"], (mesh, r)
+    assert result["1x4x2"]["sharded_leaves"] > 0
+    assert result["1x4x2"]["bytes_read"] < result["1x4x2"]["bytes_of_whole_tensors_per_device"] / 4

@@ -141,14 +141,17 @@ class TensorSource:
             return np.zeros(shape, np_dtype)
         return np.memmap(f, dtype=np_dtype, mode="r", offset=offset, shape=tuple(shape))
 
-    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """A memory map of rows [start, stop) of the tensor (first axis) only."""
+    def read(self, name: str, start: int, stop: int, rest: tuple[slice, ...] = ()) -> np.ndarray:
+        """Rows [start, stop) of the tensor, sliced by `rest` along the other axes, in the stored dtype.
+
+        Only those rows are memory-mapped (and unmapped again when the copy is returned)."""
         f, dtype, shape, offset = self.entries[name]
         np_dtype = _bfloat16() if dtype == "BF16" else np.dtype(_DTYPES[dtype])
         row = int(np.prod(shape[1:], dtype=np.int64)) * np_dtype.itemsize
         if stop <= start or row == 0:
-            return np.zeros((max(stop - start, 0), *shape[1:]), np_dtype)
-        return np.memmap(f, dtype=np_dtype, mode="r", offset=offset + start * row, shape=(stop - start, *shape[1:]))
+            return np.zeros((max(stop - start, 0), *shape[1:]), np_dtype)[(slice(None),) + rest]
+        rows = np.memmap(f, dtype=np_dtype, mode="r", offset=offset + start * row, shape=(stop - start, *shape[1:]))
+        return np.array(rows[(slice(None),) + rest])
 
     def close(self) -> None:
         """Nothing stays open between reads; kept so callers can release a source explicitly."""
@@ -266,12 +269,20 @@ def _reader(src: TensorSource, key: str, transposed: bool, shape: tuple[int, ...
     """read(index) -> float32 block `index` (slices over the jaxprune-layout `shape`) of tensor `key`.
 
     The stored rows the block needs are mapped a few MiB at a time and copied into the output, so a
-    read holds about one block, not the mapped file pages of the whole tensor as well.
+    read holds about one block, not the mapped file pages of the whole tensor as well; a block several
+    devices hold is read once (the reader lives as long as one tensor's placement).
     """
     stored = src.shape(key)
+    seen: dict[tuple, np.ndarray] = {}  # devices replicating a block (data axis) share one read
 
     def read(index: Any = None) -> np.ndarray:
         index = tuple(index) if index is not None else tuple(slice(0, n) for n in shape)
+        cache_key = tuple(sl.indices(n) for sl, n in zip(index, shape))
+        if cache_key not in seen:
+            seen[cache_key] = _read_block(index)
+        return seen[cache_key]
+
+    def _read_block(index: tuple) -> np.ndarray:
         block = tuple(len(range(*sl.indices(n))) for sl, n in zip(index, shape))
         out = np.empty(block, np.float32)
         if not stored or 0 in block:
@@ -285,7 +296,7 @@ def _reader(src: TensorSource, key: str, transposed: bool, shape: tuple[int, ...
         n = max(1, CHUNK_BYTES // row_bytes)
         for r0 in range(start, stop, n):
             r1 = min(stop, r0 + n)
-            piece = src.rows(key, r0, r1)[(slice(None),) + own[1:]]
+            piece = src.read(key, r0, r1, own[1:])
             if transposed:
                 out[:, r0 - start: r1 - start] = piece.T
             else:
