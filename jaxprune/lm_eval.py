@@ -80,7 +80,11 @@ class JaxpruneCliLM(JaxpruneLM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> JaxpruneCliLM:
-        args = lm_utils.simple_parse_args_string(arg_string)
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> JaxpruneCliLM:
+        args = dict(arg_dict)
         extra = additional_config or {}
         batch = args.pop("batch_size", None) or extra.get("batch_size")
         batch = int(batch) if str(batch).isdigit() and int(batch) > 1 else 32
