@@ -23,6 +23,7 @@ SCORE_METHODS = ("magnitude", "random", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")  # need calibration data; per-layer, pattern unstructured or nm
 PATTERNS = ("unstructured", "nm", "neuron", "head")
 MODEL_INITS = ("scratch", "checkpoint", "hf", "hf_gpt2", "gguf")
+FINETUNE_LOSSES = ("ce", "kd", "ce+kd")
 PRETRAINED_INITS = ("hf", "hf_gpt2", "gguf")  # model.preset="auto" takes the architecture from these files
 
 
@@ -104,6 +105,11 @@ def default_config() -> ml_collections.ConfigDict:
     # --- fine-tuning after each pruning stage ---------------------------------
     c.finetune = _optimizer_fields(steps=200, lr=3e-4, warmup=20)
     c.finetune.control = True  # also fine-tune the dense model for the same steps on the same data
+    # ce: cross-entropy; kd: KL(teacher || student) at kd_temperature (x T^2); ce+kd: (1 - kd_alpha) ce + kd_alpha kd.
+    # The teacher is the run's dense model, frozen; the dense controls distil from it too (self-distillation).
+    c.finetune.loss = "ce"
+    c.finetune.kd_temperature = 2.0
+    c.finetune.kd_alpha = 0.5
 
     # --- evaluation ----------------------------------------------------------
     c.eval = ml_collections.ConfigDict()
@@ -258,6 +264,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             add(f"{phase}.min_lr_ratio must be in [0, 1], got {p.min_lr_ratio}")
         if p.weight_decay < 0 or p.grad_clip < 0:
             add(f"{phase}.weight_decay and grad_clip must be >= 0")
+
+    ft = config.finetune
+    if ft.loss not in FINETUNE_LOSSES:
+        add(f"finetune.loss must be one of {FINETUNE_LOSSES}, got {ft.loss!r}")
+    if not ft.kd_temperature > 0 or not 0.0 <= ft.kd_alpha <= 1.0:
+        add(f"finetune.kd_temperature must be > 0 and kd_alpha in [0, 1], got {ft.kd_temperature}, {ft.kd_alpha}")
 
     # pruning
     pr = config.pruning

@@ -129,6 +129,9 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
     if d["pruning"].get("method") not in CALIBRATED_METHODS:  # keeps digests of runs from before these keys
         for key in CALIBRATION_KEYS:
             d["pruning"].pop(key, None)
+    if d["finetune"].get("loss", "ce") == "ce":  # cross-entropy runs keep the digests they had before KD
+        for key in ("loss", "kd_temperature", "kd_alpha"):
+            d["finetune"].pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -261,6 +264,7 @@ class Experiment:
                                               parallel.replicated(self.mesh)) for b in corpus.eval_batches(
             self.val_tokens, self.seq_len, config.eval.batch_size, config.eval.heldout_batches)]
         self._fns: dict = {}
+        self._teacher_params = None
         self.evaluate_command: str | None = None
         self._prune_fn = None
         self._groups = None
@@ -397,14 +401,33 @@ class Experiment:
 
     def _train_step(self, stage: Stage, abstract: TrainState):
         key = (stage.kind == "dense", jax.tree.structure(abstract.masks, is_leaf=lambda x: x is None))
+        phase = self._phase_cfg(stage)
+        loss = "ce" if stage.kind == "dense" else phase.loss
         if key not in self._fns:
-            phase = self._phase_cfg(stage)
             tx = make_optimizer(phase)
             state_sh = jax.tree.map(lambda a: a.sharding, abstract)
-            step = make_train_step(self.model.apply, tx, phase.grad_accum)
-            self._fns[key] = jax.jit(step, in_shardings=(state_sh, self.batch_sh),
-                                     out_shardings=(state_sh, parallel.replicated(self.mesh)), donate_argnums=0)
-        return self._fns[key]
+            step = make_train_step(self.model.apply, tx, phase.grad_accum, loss=loss,
+                                   kd_temperature=phase.get("kd_temperature", 1.0), kd_alpha=phase.get("kd_alpha", 0.0))
+            if loss == "ce":
+                self._fns[key] = jax.jit(step, in_shardings=(state_sh, self.batch_sh),
+                                         out_shardings=(state_sh, parallel.replicated(self.mesh)), donate_argnums=0)
+            else:  # the teacher's params are an argument (sharded like the student's), never donated
+                self._fns[key] = jax.jit(step, in_shardings=(state_sh, self.batch_sh, self.param_sh),
+                                         out_shardings=(state_sh, parallel.replicated(self.mesh)), donate_argnums=0)
+        fn = self._fns[key]
+        return fn if loss == "ce" else (lambda state, batch: fn(state, batch, self._teacher()))
+
+    def _teacher(self):
+        """The distillation teacher: the final params of this run's dense stage (loaded once, frozen)."""
+        if self._teacher_params is None:
+            dense = plan(self.config)[0]
+            state = final_state(self.workdir / dense.name, self._abstract_state(dense, masked=False),
+                                {"digest": self.digest, "phase": dense.name})
+            if state is None:
+                raise RuntimeError(f"distillation needs the final checkpoint of {dense.name}, missing from "
+                                   f"{self.workdir / dense.name}")
+            self._teacher_params = state.params
+        return self._teacher_params
 
     def prune_masks(self, params, masks, rate: float, rng):
         """New masks at cumulative `rate`: counts are exact on the host, the selection is jitted once."""

@@ -44,32 +44,62 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformationExtraArgs,
-                    grad_accum: int = 1) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
-    """Returns train_step(state, batch) with batch int32 (B, T+1); pure, to be jitted."""
+def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Per-token KL(teacher || student) of the temperature-softened distributions, times T^2 (Hinton et al.
+    2015, so its gradients keep the scale of cross-entropy's as T changes), float32. logits (B, T, V)."""
+    t = jnp.float32(temperature)
+    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
+    return (jnp.exp(log_p) * (log_p - log_q)).sum(-1) * t * t
 
-    def loss_fn(params, tokens, rng):
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformationExtraArgs, grad_accum: int = 1,
+                    loss: str = "ce", kd_temperature: float = 2.0, kd_alpha: float = 0.5,
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+    """Returns train_step(state, batch[, teacher]) with batch int32 (B, T+1); pure, to be jitted.
+
+    loss: "ce" (cross-entropy), "kd" (`distillation_kl` to the teacher's logits) or "ce+kd"
+    ((1 - kd_alpha) ce + kd_alpha kd). `teacher` are the frozen params of the teacher (same model); its
+    logits are computed in the same step, under stop_gradient, and it is never updated.
+    """
+    if loss not in ("ce", "kd", "ce+kd"):
+        raise ValueError(f"loss must be 'ce', 'kd' or 'ce+kd', got {loss!r}")
+
+    def loss_fn(params, tokens, rng, teacher):
         logits = apply_fn({"params": params}, tokens[:, :-1], deterministic=False, rngs={"dropout": rng})
-        return cross_entropy(logits, tokens[:, 1:]).mean()
+        ce = cross_entropy(logits, tokens[:, 1:]).mean()
+        if loss == "ce":
+            return ce, {"ce": ce}
+        t_logits = jax.lax.stop_gradient(apply_fn({"params": teacher}, tokens[:, :-1]))
+        kl = distillation_kl(logits, t_logits, kd_temperature).mean()
+        total = kl if loss == "kd" else (1.0 - kd_alpha) * ce + kd_alpha * kl
+        return total, {"ce": ce, "kl": kl}
 
-    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: jax.Array, teacher: Any = None) -> tuple[TrainState, dict]:
+        if loss != "ce" and teacher is None:
+            raise ValueError(f"loss={loss!r} needs the teacher's params")
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if grad_accum == 1:
-            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+            (value, parts), grads = grad_fn(state.params, batch, rng, teacher)
         else:
             micro = batch.reshape(grad_accum, batch.shape[0] // grad_accum, *batch.shape[1:])
 
             def body(carry, xs):
                 i, mb = xs
-                loss_i, g_i = jax.value_and_grad(loss_fn)(state.params, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (loss_i, g_i)), None
+                out = grad_fn(state.params, mb, jax.random.fold_in(rng, i), teacher)
+                return jax.tree.map(jnp.add, carry, out), None
 
-            zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-            (loss, grads), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
-            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+            shapes = jax.eval_shape(grad_fn, state.params, micro[0], rng, teacher)
+            zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+            total, _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
+            (value, parts), grads = jax.tree.map(lambda x: x / grad_accum, total)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, masks=state.masks)
         params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads)}
+        if loss != "ce":
+            metrics.update(parts)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

@@ -1,0 +1,108 @@
+"""Distillation fine-tuning: the KL loss against a direct numpy computation, zero KL when the student is
+the teacher, the teacher never updated, pruned weights exactly zero through KD steps, and the pipeline
+with finetune.loss='ce+kd' (pruned stages and controls distil from the frozen dense model)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprune import experiment, sparsity
+from jaxprune.models import Transformer, init_params
+from jaxprune.models.presets import ModelConfig
+from jaxprune.training.state import create_state
+from jaxprune.training.step import cross_entropy, distillation_kl, make_optimizer, make_train_step
+
+CFG = ModelConfig(arch="gpt2", vocab_size=64, max_len=16, n_layer=1, d_model=32, n_head=2, d_ff=64)
+
+
+def test_kl_equals_numpy():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(2, 3, 11)) * 3, rng.normal(size=(2, 3, 11)) * 3
+    for temp in (1.0, 2.5):
+        def softmax(x):
+            e = np.exp(x / temp - (x / temp).max(-1, keepdims=True))
+            return e / e.sum(-1, keepdims=True)
+        p, q = softmax(t), softmax(s)
+        want = (p * (np.log(p) - np.log(q))).sum(-1) * temp ** 2
+        got = np.asarray(distillation_kl(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temp))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(distillation_kl(jnp.asarray(s), jnp.asarray(s), 2.0)) == pytest.approx(0, abs=1e-6))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from ml_collections import ConfigDict
+
+    from jaxprune.config import default_config
+    model = Transformer(CFG)
+    params, _ = init_params(model, jax.random.key(0))
+    phase = ConfigDict(default_config().finetune.to_dict())
+    phase.lr, phase.warmup_steps, phase.steps = 1e-2, 0, 10
+    masks = sparsity.prune(params, sparsity.create_masks(params, sparsity.DEFAULT_INCLUDE), 0.5)
+    batch = jnp.asarray(np.random.default_rng(1).integers(0, CFG.vocab_size, size=(4, CFG.max_len + 1)), jnp.int32)
+    return model, params, masks, phase, batch
+
+
+@pytest.mark.parametrize("loss", ["kd", "ce+kd"])
+def test_kd_steps_keep_teacher_and_zeros(setup, loss):
+    model, params, masks, phase, batch = setup
+    tx = make_optimizer(phase)
+    step = jax.jit(make_train_step(model.apply, tx, loss=loss, kd_temperature=2.0, kd_alpha=0.3))
+    # a different, sharper model as the teacher (a separate copy: the step must not touch it)
+    teacher = jax.tree.map(lambda x: jnp.array(x) * 4.0, params)
+    before = jax.tree.map(np.asarray, teacher)
+    student = sparsity.apply_masks(params, masks)
+    state = create_state(student, tx, masks, seed=0)
+    state, m0 = step(state, batch, teacher)
+    logits_s = model.apply({"params": student}, batch[:, :-1])
+    logits_t = model.apply({"params": teacher}, batch[:, :-1])
+    kl = float(distillation_kl(logits_s, logits_t, 2.0).mean())
+    ce = float(cross_entropy(logits_s, batch[:, 1:]).mean())
+    assert kl > 0.05  # the test means something
+    assert float(m0["kl"]) == pytest.approx(kl, rel=1e-4) and float(m0["ce"]) == pytest.approx(ce, rel=1e-4)
+    assert float(m0["loss"]) == pytest.approx(kl if loss == "kd" else 0.7 * ce + 0.3 * kl, rel=1e-4)
+    for _ in range(3):
+        state, m = step(state, batch, teacher)
+    for a, b in zip(jax.tree.leaves(teacher), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a), b)  # teacher unchanged
+    for p, mk in zip(jax.tree.leaves(state.params), jax.tree.leaves(masks, is_leaf=lambda x: x is None)):
+        if mk is not None:
+            assert np.all(np.asarray(p)[~np.asarray(mk)] == 0.0)  # pruned weights stay exactly zero
+    assert float(m["kl"]) < kl  # it does learn the teacher
+
+
+def test_student_equal_to_teacher_has_zero_kl(setup):
+    model, params, _, phase, batch = setup
+    tx = make_optimizer(phase)
+    step = jax.jit(make_train_step(model.apply, tx, loss="kd"))
+    state = create_state(params, tx, None, seed=0)
+    _, m = step(state, batch, params)
+    assert abs(float(m["kl"])) <= 1e-6
+
+
+def test_kd_without_a_teacher_is_refused(setup):
+    model, params, _, phase, batch = setup
+    tx = make_optimizer(phase)
+    with pytest.raises(ValueError, match="needs the teacher's params"):
+        make_train_step(model.apply, tx, loss="kd")(create_state(params, tx, None, seed=0), batch)
+    with pytest.raises(ValueError, match="loss must be"):
+        make_train_step(model.apply, tx, loss="mse")
+
+
+def test_pipeline_distils_pruned_stages_and_controls(make_config, tmp_path):
+    config = make_config(**{"finetune.loss": "ce+kd", "pruning.rates": (0.5,), "finetune.steps": 4})
+    rows = experiment.run(config, tmp_path, progress=False)
+    assert [r["stage"] for r in rows] == ["dense", "prune_1", "control_1"]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for stage in ("prune_1", "control_1"):
+        ours = [x for x in lines if x.get("phase", x.get("stage")) == stage and "kl" in x]
+        assert ours, f"{stage} logged no KL"
+    dense = [x for x in lines if x.get("phase", x.get("stage")) == "dense"]
+    assert dense and all("kl" not in x for x in dense)  # pretraining is plain cross-entropy
+    # the default (ce) config keeps its digest: adding the KD keys did not orphan earlier runs
+    assert experiment.config_digest(make_config()) != experiment.config_digest(config)
