@@ -32,7 +32,7 @@ BENCHMARKS: list[tuple[str, list[str], int]] = [
     ("train_throughput", ["train_throughput.py"], 180),
     ("threshold", ["threshold.py", "--sizes", "1.8M", "14M", "99M", "--repeats", "2"], 900),
     ("calibrated_prune", ["calibrated_prune.py", "--samples", "16", "--seq", "128"], 300),
-    ("eval_throughput", ["eval_throughput.py"], 180),
+    ("eval_throughput", ["eval_throughput.py"], 420),
     ("structured_speedup", ["structured_speedup.py", "--rounds", "3"], 360),
     ("sparse_export", ["sparse_export.py"], 120),
 ]
