@@ -34,9 +34,14 @@ CFG = ModelConfig(vocab_size=512, max_len=64, n_layer=2, d_model=64, n_head=4, d
 N = 6
 
 
+@pytest.fixture(autouse=True)
+def data_dir(monkeypatch):
+    """The packaged task files read $JAXPRUNE_DATA_DIR."""
+    monkeypatch.setenv("JAXPRUNE_DATA_DIR", str(DATA))
+
+
 @pytest.fixture(scope="module")
 def setup():
-    os.environ.setdefault("JAXPRUNE_DATA_DIR", str(DATA))
     with open(DATA / "lambada" / "lambada_test.jsonl") as f:
         tok = train_bpe([json.loads(next(f))["text"] for _ in range(400)], 512)
     model = build_model(CFG)

@@ -111,15 +111,12 @@ class JaxpruneLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Continuation of each context up to (not including) the first `until` string; requests that share
-        their generation settings are batched together."""
+        """Continuation of each context up to (not including) the first `until` string (the EOS text is
+        always one); at most max_gen_toks tokens, capped at half the context. Requests that share their
+        generation settings are batched together."""
         groups: dict[tuple, list[int]] = {}
-        settings = []
         for i, req in enumerate(requests):
-            context, kwargs = req.args
-            key = self._gen_settings(kwargs)
-            settings.append(key)
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(self._gen_settings(req.args[1]), []).append(i)
         out = [""] * len(requests)
         for (until, max_new, sampling), idx in groups.items():
             prompts = [self.tok_encode(requests[i].args[0]) or [self.prefix_token_id] for i in idx]
