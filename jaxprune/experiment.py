@@ -823,6 +823,55 @@ def check_no_empty_layers(masks: Any, where: str) -> None:
                            f"pruning.scope='layerwise', or exclude these layers (pruning.exclude)")
 
 
+def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a run was started with, rebuilt from WORKDIR/config.json (tuples restored)."""
+    from jaxprune.config import default_config
+
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{workdir} holds no jaxprune run (no config.json)")
+    try:
+        saved = json.loads(path.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a jaxprune run config: {e}") from None
+
+    def tuples(x: Any) -> Any:
+        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+
+    def merge(node: ml_collections.ConfigDict, values: dict) -> None:
+        for k, v in values.items():
+            if isinstance(v, dict) and isinstance(node.get(k), ml_collections.ConfigDict):
+                merge(node[k], v)
+            else:
+                with node.unlocked():
+                    node[k] = tuples(v)
+
+    config = default_config()
+    merge(config, saved)
+    return config
+
+
+def open_stage(config: ml_collections.ConfigDict, workdir: str | Path, name: str) -> tuple["Experiment", Stage]:
+    """A read-only Experiment of the run in `workdir` and its finished stage `name` (ConfigError otherwise)."""
+    stages = {s.name: s for s in plan(config)}
+    if name not in stages:
+        raise ConfigError(f"the run in {workdir} has no stage {name!r} (its stages: {', '.join(stages)})")
+    exp = Experiment(config, workdir, progress=False, read_only=True)
+    if name not in {r["stage"] for r in read_results(exp.workdir)}:
+        raise ConfigError(f"stage {name!r} is not finished in {exp.workdir}")
+    return exp, stages[name]
+
+
+def restore_stage(exp: "Experiment", stage: Stage) -> TrainState:
+    """The final checkpoint of a finished stage (CheckpointError if it has none)."""
+    abstract = exp._abstract_state(stage, masked=stage.kind == "pruned")
+    state = final_state(exp.workdir / stage.name, abstract, {"digest": exp.digest, "phase": stage.name})
+    if state is None:
+        from jaxprune.training.checkpoint import CheckpointError
+        raise CheckpointError(f"{exp.workdir / stage.name} has no checkpoint")
+    return state
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True,
         evaluate_command: str | None = None) -> list[dict]:
     """Validates the config, then runs (or resumes) every stage; returns the results rows.

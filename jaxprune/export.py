@@ -17,10 +17,8 @@ params + masks + ModelConfig. Exit codes and error lines follow `jaxprune.main`.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
@@ -40,50 +38,14 @@ _DTYPE = flags.DEFINE_string("dtype", "f32", "gguf: f32, f16, bf16 or q8_0.")
 _SHARD = flags.DEFINE_string("max_shard_size", "2GB", "hf, compressed: shard size above which the files are split.")
 
 
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
-
-
-def run_config(workdir: Path) -> ml_collections.ConfigDict:
-    """The config a run was started with, from WORKDIR/config.json."""
-    from jaxprune.config import ConfigError, default_config
-
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{workdir} holds no jaxprune run (no config.json)")
-    try:
-        saved = json.loads(path.read_text())["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path} is not a jaxprune run config: {e}") from None
-    config = default_config()
-
-    def merge(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
-        for k, v in values.items():
-            if isinstance(v, dict) and isinstance(node.get(k), ml_collections.ConfigDict):
-                merge(node[k], v, f"{where}{k}.")
-            else:
-                with node.unlocked():
-                    node[k] = _tuples(v)
-
-    merge(config, saved, "")
-    return config
-
-
 def export_stage(config: ml_collections.ConfigDict, workdir: Path, stage_name: str, fmt: str, out: Path,
                  dtype: str = "f32", max_shard_size: str = "2GB", progress: bool = True) -> list[Path]:
     """Writes the final checkpoint of `stage_name` in `fmt`; returns the files written."""
     from jaxprune.config import ConfigError
-    from jaxprune.experiment import Experiment, plan, read_results
+    from jaxprune.experiment import open_stage, restore_stage
     from jaxprune.models import export_gguf, export_hf
-    from jaxprune.training.checkpoint import CheckpointError
-    from jaxprune.training.loop import final_state
 
-    stages = {s.name: s for s in plan(config)}
-    if stage_name not in stages:
-        raise ConfigError(f"the run has no stage {stage_name!r} (its stages: {', '.join(stages)})")
-    exp = Experiment(config, workdir, progress=False, read_only=True)
-    if stage_name not in {r["stage"] for r in read_results(exp.workdir)}:
-        raise ConfigError(f"stage {stage_name!r} is not finished in {exp.workdir}")
+    exp, stage = open_stage(config, workdir, stage_name)
     cfg = exp.model_cfg
     try:  # what the format cannot express is reported before anything is restored or written
         if fmt == "gguf":
@@ -97,15 +59,11 @@ def export_stage(config: ml_collections.ConfigDict, workdir: Path, stage_name: s
         if fmt == "compressed":
             from jaxprune.models import export_compressed
             export_compressed._library()
-            if stages[stage_name].kind != "pruned":
+            if stage.kind != "pruned":
                 raise ValueError(f"stage {stage_name!r} is not pruned: there is nothing to compress (use --format=hf)")
     except ValueError as e:
         raise ConfigError(f"--format={fmt}: {e}") from None
-    stage = stages[stage_name]
-    state = final_state(exp.workdir / stage_name, exp._abstract_state(stage, masked=stage.kind == "pruned"),
-                        {"digest": exp.digest, "phase": stage_name})
-    if state is None:
-        raise CheckpointError(f"{exp.workdir / stage_name} has no checkpoint")
+    state = restore_stage(exp, stage)
     masks = state.masks if stage.kind == "pruned" else None
     if fmt == "gguf":
         return [export_gguf.save_gguf(out, state.params, cfg, exp.tokenizer, masks=masks, dtype=dtype,
@@ -125,6 +83,7 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     with cli.user_errors():
+        from jaxprune.experiment import run_config
         workdir = Path(_WORKDIR.value)
         config = _CONFIG.value if _CONFIG.value is not None else run_config(workdir)
         t0 = time.perf_counter()

@@ -40,25 +40,12 @@ EXIT_USAGE = 2
 
 def load_stage(workdir: str | Path, stage: str) -> dict[str, Any]:
     """JaxpruneLM arguments for the final checkpoint of `stage` in the run at `workdir`."""
-    from jaxprune.config import ConfigError
     from jaxprune.evaluation.scoring import ModuleApply
-    from jaxprune.experiment import Experiment, plan, read_results
-    from jaxprune.export import run_config
-    from jaxprune.training.checkpoint import CheckpointError
-    from jaxprune.training.loop import final_state
+    from jaxprune.experiment import open_stage, restore_stage, run_config
 
     workdir = Path(workdir).expanduser()
-    config = run_config(workdir)
-    stages = {s.name: s for s in plan(config)}
-    if stage not in stages:
-        raise ConfigError(f"the run in {workdir} has no stage {stage!r} (its stages: {', '.join(stages)})")
-    exp = Experiment(config, workdir, progress=False, read_only=True)
-    if stage not in {r["stage"] for r in read_results(exp.workdir)}:
-        raise ConfigError(f"stage {stage!r} is not finished in {exp.workdir}")
-    abstract = exp._abstract_state(stages[stage], masked=stages[stage].kind == "pruned")
-    state = final_state(exp.workdir / stage, abstract, {"digest": exp.digest, "phase": stage})
-    if state is None:
-        raise CheckpointError(f"{exp.workdir / stage} has no checkpoint")
+    exp, st = open_stage(run_config(workdir), workdir, stage)
+    state = restore_stage(exp, st)
     return dict(model=exp.model, params=state.params, tokenizer=exp.tokenizer,
                 apply_fn=ModuleApply(exp.model, exp.batch_sh), batch_sharding=exp.batch_sh)
 

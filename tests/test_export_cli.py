@@ -92,7 +92,7 @@ def _prunable(params):
 def test_export_bad_input_exits_2_with_one_line(run, tmp_path):
     config, workdir, _ = run
     cases = {
-        ("--stage=prune_9", "--format=hf"): "the run has no stage 'prune_9'",
+        ("--stage=prune_9", "--format=hf"): "has no stage 'prune_9'",
         ("--stage=prune_1", "--format=gguf", "--dtype=q4_k"): "GGUF dtype must be one of f32, f16, bf16, q8_0",
         ("--stage=dense", "--format=compressed"): "--format=compressed",
     }
