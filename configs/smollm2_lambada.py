@@ -74,6 +74,8 @@ def get_config(arg: str | None = None):
         c.eval.heldout_batches = 4
         c.eval.ppl_windows = 32
         c.checkpoint.every_steps = 10
+    elif variant in ("iter", "oneshot", "nofinetune", "gpu"):
+        _recovery(c, variant, value)
     elif arg == "quick":  # CPU smoke run
         c.model.max_len = 128
         c.data.max_train_bytes = 2_000_000
@@ -87,5 +89,67 @@ def get_config(arg: str | None = None):
         c.eval.heldout_batches = 4
         c.checkpoint.every_steps = 4
     elif arg:
-        raise ValueError(f"unknown variant {arg!r}: use quick or calibft=METHOD[_nm]")
+        raise ValueError(f"unknown variant {arg!r}: use quick, calibft=METHOD[_nm], iter=METHOD[,LOSS], "
+                         f"oneshot=METHOD[,LOSS], nofinetune=METHOD or gpu=METHOD[,LOSS]")
     return c
+
+
+RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
+CPU_STEPS = 24  # per stage: 5 x 24 x 8 x 256 = 245,760 fine-tune tokens per arm (<= 1 M with the control)
+
+
+def _recovery(c, variant: str, value: str) -> None:
+    """The recovery experiment on the real LM (issue 16), one arm per command.
+
+    iter=METHOD[,LOSS]   prune 10 -> 20 -> 30 -> 40 -> 50 % (METHOD recalibrated on the current model at
+                         every stage), fine-tune after each; matched dense controls with the same loss
+    oneshot=METHOD[,LOSS] one-shot 50 % with the same total fine-tuning tokens as iter
+    nofinetune=METHOD    the sweep 10 .. 50 % from dense, no fine-tuning
+    gpu=METHOD[,LOSS]    iter at accelerator size: context 1024, 5 x 1200 steps x 8 x 1024 = 49 M tokens,
+                         full test sets
+    LOSS: ce (default), kd or ce+kd (finetune.loss). Hyper-parameters are chosen on books validation
+    (held-out), never on the test sets.
+    """
+    method, _, loss = value.partition(",")
+    c.pruning.method = method or "sparsegpt"
+    c.pruning.scope = "layerwise"
+    c.pruning.calibration_samples = 64
+    c.finetune.loss = loss or "ce"
+    c.model.max_len = 256
+    c.data.max_train_bytes = 5_000_000
+    c.finetune.batch_size = 8
+    c.finetune.lr = 5e-5
+    c.finetune.warmup_steps = 2
+    c.finetune.log_every = 4
+    c.finetune.control = True
+    c.pruning.rates = RATES
+    c.finetune.steps = CPU_STEPS
+    c.eval.tasks = ("heldout", "wikitext2", "books_test", "lambada")
+    c.eval.max_examples = 500
+    c.eval.batch_size = 8
+    c.eval.heldout_batches = 8
+    c.eval.ppl_windows = 32
+    c.eval.before_finetune = True
+    c.checkpoint.every_steps = 8
+    if variant == "oneshot":
+        c.pruning.rates = (0.5,)
+        c.finetune.steps = CPU_STEPS * len(RATES)  # the same fine-tuning tokens as the iterative arm
+    elif variant == "nofinetune":
+        c.pruning.schedule = "sweep"
+        c.finetune.steps = 0
+        c.eval.before_finetune = False
+    elif variant == "gpu":
+        c.model.max_len = 1024
+        c.model.dtype = "bfloat16"
+        c.data.max_train_bytes = 0
+        c.pruning.calibration_samples = 128
+        c.finetune.steps = 1200
+        c.finetune.warmup_steps = 50
+        c.finetune.log_every = 50
+        c.eval.tasks = ("heldout", "wikitext2", "books_test", "lambada", "hellaswag", "storycloze", "nq_open",
+                        "webquestions", "triviaqa")
+        c.eval.max_examples = 0
+        c.eval.batch_size = 32
+        c.eval.heldout_batches = 0
+        c.eval.ppl_windows = 0
+        c.checkpoint.every_steps = 200

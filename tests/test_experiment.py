@@ -200,3 +200,28 @@ def test_evaluate_cli_scores_finished_checkpoints(finished_run, tmp_path):
         assert x["metrics"]["heldout_ppl"] == pytest.approx(r["metrics"]["heldout_ppl"], rel=1e-6)
         assert x["metrics"]["wikitext2_windows"] == 8
     assert (tmp_path / "eval" / "prune_2.md").is_file()
+
+
+@pytest.mark.parametrize("variant", ["iter=sparsegpt", "iter=wanda,kd", "iter=magnitude,ce+kd",
+                                     "oneshot=sparsegpt,kd", "nofinetune=wanda", "gpu=sparsegpt,ce+kd"])
+def test_smollm2_recovery_variants_are_valid_configs(variant, data_dir, tmp_path):
+    """The real-LM recovery arms are one command each; iterative and one-shot get the same fine-tune tokens."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    from jaxprune.config import validate
+
+    spec = importlib.util.spec_from_file_location("smollm2", ROOT / "configs" / "smollm2_lambada.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(variant)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")  # validation only checks that the file is there
+    c.model.init_path = str(tmp_path / "m.gguf")
+    c.data.data_dir = str(data_dir)
+    validate(c)
+    tokens = c.finetune.steps * c.finetune.batch_size * c.model.max_len * len(c.pruning.rates)
+    if variant.startswith(("iter", "oneshot")):
+        assert tokens == module.CPU_STEPS * 5 * 8 * 256 <= 1_000_000
+    if variant.startswith("gpu"):
+        assert tokens <= 50_000_000
