@@ -14,7 +14,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
-from jaxprune.models.presets import ModelConfig, get_preset, model_config_from_preset, preset_names
+from jaxprune.models.presets import ModelConfig, get_preset, model_config_from_preset
 
 DATA_DIR_ENV = "JAXPRUNE_DATA_DIR"
 EVAL_TASKS = ("heldout", "wikitext2", "books_test", "lambada", "hellaswag", "storycloze", "nq_open", "webquestions", "triviaqa")

@@ -19,13 +19,12 @@ bf16 / f16 tensors are converted to float32 on the fly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import struct
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
