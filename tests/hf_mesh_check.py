@@ -28,15 +28,10 @@ from jaxprune.models import Transformer, import_hf, logical_axes  # noqa: E402
 MESHES = ((8, 1, 1), (2, 2, 2), (1, 4, 2))
 
 
-def _leaves(tree):
-    for path, a in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        yield "/".join(str(getattr(k, "key", k)) for k in path), a
-
-
 def distinct_block_bytes(placed) -> int:
     """Bytes (float32) of the distinct device blocks: what reading each block once copies from the files."""
     total = 0
-    for _, a in _leaves(placed):
+    for a in jax.tree.leaves(placed):
         blocks = {tuple(s.indices(n) for s, n in zip(idx, a.shape))
                   for idx in a.sharding.devices_indices_map(a.shape).values()}
         total += sum(int(np.prod([len(range(*t)) for t in b])) * 4 for b in blocks)
@@ -45,7 +40,7 @@ def distinct_block_bytes(placed) -> int:
 
 def whole_tensor_bytes(placed) -> int:
     """What reading the whole tensor for every device would touch."""
-    return sum(a.nbytes * len(a.sharding.device_set) for _, a in _leaves(placed))
+    return sum(a.nbytes * len(a.sharding.device_set) for a in jax.tree.leaves(placed))
 
 
 def main(path: str) -> None:

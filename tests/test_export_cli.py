@@ -82,9 +82,8 @@ def test_hf_in_prune_export_out_matches_transformers(run, tmp_path):
 
 
 def _prunable(params):
-    import jax
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        key = "/".join(str(getattr(k, "key", k)) for k in path)
+    from jaxprune.models.trees import flatten
+    for key, leaf in flatten(params).items():
         if ("/attn/" in key or "/mlp/" in key) and key.endswith("kernel"):
             yield key, leaf
 

@@ -23,6 +23,7 @@ from jaxprune.models import Transformer, init_params  # noqa: E402
 from jaxprune.models import export_compressed, export_hf  # noqa: E402
 from jaxprune.models.hf import tensor_map  # noqa: E402
 from jaxprune.models.presets import ModelConfig  # noqa: E402
+from jaxprune.models.trees import flatten  # noqa: E402
 
 CFG = ModelConfig(arch="llama", vocab_size=96, max_len=32, n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=96,
                   tie_embeddings=True)
@@ -52,7 +53,7 @@ def test_library_decompresses_the_export_bit_exactly(params, tmp_path, pattern):
     # the pruned linear weights are stored compressed, not dense
     names = tensor_map(CFG)
     stored = set(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"])
-    for path, _ in export_hf._flat(masks):
+    for path in flatten(masks):
         base = names[path].name.removesuffix(".weight")
         assert f"{base}.weight" not in stored and f"{base}.bitmask" in stored, base
 

@@ -13,6 +13,7 @@ from jaxprune import sparsity
 from jaxprune.models import Transformer, init_params
 from jaxprune.models import export_gguf, import_gguf
 from jaxprune.models.presets import ModelConfig
+from jaxprune.models.trees import flatten
 
 CFG = ModelConfig(arch="llama", vocab_size=512, max_len=64, n_layer=2, d_model=64, n_head=4, n_kv_head=2,
                   d_ff=96, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=False)
@@ -30,8 +31,7 @@ def model(shared_tokenizer):
 
 
 def _flat(tree):
-    return {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
-            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {k: np.asarray(v) for k, v in flatten(tree).items()}
 
 
 @pytest.mark.parametrize("dtype", export_gguf.DTYPES)

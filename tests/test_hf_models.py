@@ -19,6 +19,7 @@ from jaxprune import parallel, sparsity  # noqa: E402
 from jaxprune.models import Transformer, logical_axes  # noqa: E402
 from jaxprune.models import export_hf, import_hf  # noqa: E402
 from jaxprune.models.hf import model_config_from_hf, tensor_map  # noqa: E402
+from jaxprune.models.trees import flatten  # noqa: E402
 
 TOL = 1e-4
 T = 32  # tokens per test sequence (> Mistral's window of 8, so the window matters)
@@ -143,7 +144,7 @@ def test_pruned_export_loads_in_transformers_with_exact_zeros(pruned, tmp_path, 
     # Every pruned weight is exactly 0.0 in the loaded torch model, and nothing else is.
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
     names = tensor_map(cfg)
-    for (path, m) in export_hf._flat(masks):
+    for path, m in flatten(masks).items():
         key, transposed = names[path]
         w = sd[key].T if transposed else sd[key]
         m = np.asarray(m)
@@ -191,30 +192,34 @@ def test_missing_shard_is_named(checkpoints, tmp_path):
         import_hf.load_hf(d)
 
 
-def test_missing_and_misshapen_tensors_are_named(checkpoints, tmp_path):
+def _rewrite(d, changes: dict) -> None:
+    """Replaces (array) or deletes (None) tensors in whichever shards of checkpoint `d` hold them."""
     from safetensors.numpy import load_file, save_file
+    weight_map = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    for shard in sorted({weight_map[k] for k in changes}):
+        tensors = load_file(str(d / shard))
+        for k, v in changes.items():
+            if weight_map[k] != shard:
+                continue
+            if v is None:
+                del tensors[k]
+            else:
+                tensors[k] = v
+        save_file(tensors, str(d / shard), metadata={"format": "pt"})
+
+
+def test_missing_and_misshapen_tensors_are_named(checkpoints, tmp_path):
     d = _copy(checkpoints["qwen2"][0], tmp_path / "ck")
-    index = json.loads((d / "model.safetensors.index.json").read_text())
     key = "model.layers.1.self_attn.k_proj.bias"
-    f = d / index["weight_map"][key]
-    tensors = load_file(str(f))
-    del tensors[key]
-    tensors["model.layers.1.self_attn.q_proj.bias"] = np.zeros(7, np.float32) \
-        if "model.layers.1.self_attn.q_proj.bias" in tensors else None
-    save_file({k: v for k, v in tensors.items() if v is not None}, str(f), metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=f"tensor {key} \\(for h_1/attn/k_proj/bias\\) is missing"):
+    _rewrite(d, {key: None, "model.layers.1.self_attn.q_proj.bias": np.zeros(7, np.float32)})
+    with pytest.raises(ValueError, match=f"tensor {key} \\(for h_1/attn/k_proj/bias\\) is missing.*"
+                                         r"tensor model.layers.1.self_attn.q_proj.bias has shape \(7,\)"):
         import_hf.load_hf(d)
 
 
 def test_wrong_shape_is_named(checkpoints, tmp_path):
-    from safetensors.numpy import load_file, save_file
     d = _copy(checkpoints["gpt2"][0], tmp_path / "ck")
-    index = json.loads((d / "model.safetensors.index.json").read_text())
-    key = "transformer.h.0.mlp.c_fc.weight"
-    f = d / index["weight_map"][key]
-    tensors = load_file(str(f))
-    tensors[key] = np.zeros((64, 100), np.float32)
-    save_file(tensors, str(f), metadata={"format": "pt"})
+    _rewrite(d, {"transformer.h.0.mlp.c_fc.weight": np.zeros((64, 100), np.float32)})
     with pytest.raises(ValueError, match=r"tensor transformer.h.0.mlp.c_fc.weight has shape \(64, 100\), "
                                          r"the model expects \(64, 256\)"):
         import_hf.check_checkpoint(d, import_hf.hf_model_config(d))

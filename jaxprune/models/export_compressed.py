@@ -23,6 +23,7 @@ import numpy as np
 from jaxprune.models import export_hf
 from jaxprune.models import hf as hf_names
 from jaxprune.models.presets import ModelConfig
+from jaxprune.models.trees import flatten
 
 
 def _library() -> Any:
@@ -63,7 +64,7 @@ def save_compressed(out_dir: str | os.PathLike, params: Any, cfg: ModelConfig, t
     hf_config = hf_names.hf_config_from_model(cfg)
     names = hf_names.tensor_map(cfg)
     tensors = export_hf.state_dict(params, cfg, masks)
-    targets = sorted(names[p].name for p, m in export_hf._flat(masks))
+    targets = sorted(names[p].name for p in flatten(masks))
     if nm == (2, 4):
         bad = [k for k in targets if not is_24(tensors[k])]
         if bad:

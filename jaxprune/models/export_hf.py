@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxprune.models import hf as hf_names
 from jaxprune.models.presets import ModelConfig
+from jaxprune.models.trees import flatten
 
 DEFAULT_SHARD_SIZE = "2GB"
 
@@ -39,22 +40,15 @@ def host_array(x: Any) -> np.ndarray:
 
 def masked_flat(params: Any, masks: Any = None) -> dict[str, np.ndarray]:
     """'h_0/attn/c_attn/kernel' -> float32 array with the mask applied (pruned entries exactly 0.0)."""
-    flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
-    flat_m = dict(_flat(masks)) if masks is not None else {}
+    flat_m = flatten(masks) if masks is not None else {}
     out = {}
-    for path, leaf in flat_p:
-        key = "/".join(str(getattr(k, "key", k)) for k in path)
+    for key, leaf in flatten(params).items():
         a = host_array(leaf)
         m = flat_m.get(key)
         if m is not None:
             a = np.where(np.asarray(jax.device_get(m), bool), a, np.float32(0.0))
         out[key] = a
     return out
-
-
-def _flat(tree: Any) -> list[tuple[str, Any]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-    return [("/".join(str(getattr(k, "key", k)) for k in path), leaf) for path, leaf in leaves if leaf is not None]
 
 
 def state_dict(params: Any, cfg: ModelConfig, masks: Any = None) -> dict[str, np.ndarray]:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from jaxprune.models.presets import ModelConfig
+from jaxprune.models.trees import unflatten
 
 # GGUF token types (llama.cpp's llama_token_type).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -177,7 +178,7 @@ def gguf_params(reader: Any, cfg: ModelConfig, progress: bool = False) -> dict[s
     from tqdm.auto import tqdm
 
     tensors = {t.name: t for t in reader.tensors}
-    params: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for path, (name, heads) in tqdm(gguf_tensor_map(cfg).items(), desc="dequantising GGUF", unit="tensor",
                                     disable=not progress, leave=False):
         if name not in tensors:
@@ -185,12 +186,8 @@ def gguf_params(reader: Any, cfg: ModelConfig, progress: bool = False) -> dict[s
         w = dequantize_tensor(tensors[name])
         if path.endswith("/kernel"):  # (out, in) -> (in, out)
             w = np.ascontiguousarray((unpermute_qk(w, heads) if heads else w).T)
-        node = params
-        *parents, leaf = path.split("/")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = w
-    return params
+        flat[path] = w
+    return unflatten(flat)
 
 
 def load_gguf(path: str | os.PathLike, progress: bool = False, **overrides: Any) -> tuple[dict[str, Any], ModelConfig]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxprune.models import hf as hf_names
 from jaxprune.models.presets import ModelConfig
+from jaxprune.models.trees import flatten, unflatten
 
 HF_HOST = "huggingface.co"
 SAFETENSORS = "model.safetensors"
@@ -324,7 +325,7 @@ def load_hf(name_or_path: str | os.PathLike, cfg: ModelConfig | None = None, sha
     src = TensorSource(path)
     plan = plan_tensors(src, cfg)
     shapes = expected_shapes(cfg)
-    flat_sh = _flat_shardings(shardings) if shardings is not None else {}
+    flat_sh = flatten(shardings) if shardings is not None else {}
     flat: dict[str, Any] = {}
     try:
         for p in tqdm(list(plan), desc=f"loading {path.name}", unit="tensor", disable=not progress, leave=False):
@@ -336,25 +337,7 @@ def load_hf(name_or_path: str | os.PathLike, cfg: ModelConfig | None = None, sha
                 flat[p] = read()
     finally:
         src.close()
-    return _unflatten(flat), cfg
-
-
-def _flat_shardings(tree: Any) -> dict[str, Any]:
-    import jax
-
-    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path, v in flat.items():
-        node = out
-        *parents, leaf = path.split("/")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = v
-    return out
+    return unflatten(flat), cfg
 
 
 def params_from_state_dict(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, Any]:
@@ -368,7 +351,7 @@ def params_from_state_dict(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> 
             raise KeyError(f"state dict is missing tensor {key!r} (for {path})")
         a = np.asarray(tensors[key], np.float32)
         flat[path] = np.ascontiguousarray(a.T) if transposed else a
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 def load_hf_checkpoint(name_or_path: str | os.PathLike, **overrides: Any) -> tuple[dict[str, Any], ModelConfig]:

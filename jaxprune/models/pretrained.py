@@ -21,15 +21,11 @@ import numpy as np
 
 from jaxprune.models.presets import PRESETS, ModelConfig
 from jaxprune.models.transformer import Transformer
+from jaxprune.models.trees import flatten
 
 INITS = ("hf", "hf_gpt2", "gguf")
 HF_INITS = ("hf", "hf_gpt2")
 _ARCH_FIELDS = ("arch", "vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "tie_embeddings")
-
-
-def _flat(tree: Any) -> dict[str, Any]:
-    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def expected_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -38,7 +34,7 @@ def expected_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     tokens = jax.ShapeDtypeStruct((1, min(8, model_cfg.max_len)), jnp.int32)
     abstract = jax.eval_shape(lambda r: model.init(r, tokens), jax.ShapeDtypeStruct((2,), jnp.uint32))["params"]
     import flax.linen as nn
-    return {k: tuple(v.shape) for k, v in _flat(nn.meta.unbox(abstract)).items()}
+    return {k: tuple(v.shape) for k, v in flatten(nn.meta.unbox(abstract)).items()}
 
 
 def matching_preset(cfg: ModelConfig) -> str | None:
@@ -62,7 +58,7 @@ def fit_positions(params: dict[str, Any], model_cfg: ModelConfig) -> dict[str, A
 def check_params(params: Any, model_cfg: ModelConfig, source: str = "checkpoint",
                  file_cfg: ModelConfig | None = None) -> None:
     """Raises ValueError naming every parameter whose presence or shape disagrees with `model_cfg`."""
-    want, got = expected_shapes(model_cfg), {k: tuple(np.shape(v)) for k, v in _flat(params).items()}
+    want, got = expected_shapes(model_cfg), {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
     problems = [f"{k}: missing from {source}" for k in sorted(want.keys() - got.keys())]
     problems += [f"{k}: in {source} but not in the model" for k in sorted(got.keys() - want.keys())]
     problems += [f"{k}: {source} has {got[k]}, model expects {want[k]}" for k in sorted(want.keys() & got.keys())
