@@ -40,7 +40,8 @@ def evaluate(config, workdir: Path, stage_names: list[str], out: Path) -> None:
     from jaxprune.config import ConfigError
     from jaxprune.experiment import EVALUATIONS, Experiment, plan, read_results
     from jaxprune.training.checkpoint import CheckpointError
-    from jaxprune.training.loop import append_jsonl, final_state
+    from jaxprune.jsonl import append_jsonl
+    from jaxprune.training.loop import final_state
 
     if not (workdir / "config.json").is_file():
         raise ConfigError(f"{workdir} holds no jaxprune run (no config.json): run python -m jaxprune.main first")

@@ -39,8 +39,9 @@ from jaxprune.evaluation.harness import write_text_atomic
 from jaxprune.evaluation.scoring import ModuleApply
 from jaxprune.models import build_model, init_params, logical_axes
 from jaxprune.sparsity.masks import leaves_with_paths
-from jaxprune.training.loop import (Phase, Preempted, append_jsonl, final_state, handle_sigterm,
-                                    preemption_requested, repair_jsonl, run_phase, write_scalars)
+from jaxprune.jsonl import append_jsonl, read_records, repair_jsonl
+from jaxprune.training.loop import (Phase, Preempted, final_state, handle_sigterm, preemption_requested, run_phase,
+                                    write_scalars)
 from jaxprune.training.state import TrainState, create_state
 from jaxprune.training.step import lr_schedule, make_eval_step, make_optimizer, make_train_step
 
@@ -97,20 +98,9 @@ def read_results(workdir: Path, repair: bool = False) -> list[dict]:
         return []
     if repair:
         repair_jsonl(path)
-    text = path.read_text()
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        print(f"warning: {path}: ignoring a partial last line (an interrupted append)", file=sys.stderr, flush=True)
-        lines = lines[:-1]
     rows = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n}: malformed JSON ({e.msg}); the file is written only by jaxprune: "
-                            f"restore it or delete that line (its stage then reruns)") from e
+    for n, row in read_records(path, warn_partial=True, hint="; the file is written only by jaxprune: restore it "
+                                                               "or delete that line (its stage then reruns)"):
         if not isinstance(row, dict) or not isinstance(row.get("stage"), str):
             raise DataError(f"{path}: line {n}: not a results row (expected an object with a 'stage'); restore "
                             f"the file or delete that line (its stage then reruns)")
@@ -745,7 +735,8 @@ class Experiment:
         extra: dict[str, set] = {}
         evaluations = self.workdir / EVALUATIONS
         if evaluations.is_file():
-            for r in _read_jsonl(evaluations):
+            for r in (r for _, r in read_records(evaluations)
+                      if isinstance(r, dict) and isinstance(r.get("stage"), str)):
                 if r.get("eval", self._eval_settings()) == self._eval_settings():
                     extra.setdefault(r["stage"], set()).update(r.get("metrics", {}))
         evaluated, stale = False, []
@@ -794,25 +785,6 @@ class _Announced(list):
             _log(f"[{self.tag}] task {name} ({i}/{len(self)})")
             yield name
             _log(f"[{self.tag}] task {name} done in {time.perf_counter() - t0:.1f} s")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """The complete lines of a JSONL file written by append_jsonl (a partial last line is skipped)."""
-    text = path.read_text()
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        lines = lines[:-1]
-    out = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n}: malformed JSON ({e.msg})") from e
-        if isinstance(row, dict) and isinstance(row.get("stage"), str):
-            out.append(row)
-    return out
 
 
 def check_no_empty_layers(masks: Any, where: str) -> None:

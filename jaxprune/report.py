@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import re
 from pathlib import Path
+
+from jaxprune.jsonl import read_records
 
 # Lower is better for these; higher for everything else (accuracies, exact match).
 LOWER_IS_BETTER = ("loss", "ppl")
@@ -27,20 +28,11 @@ SKIP = ("_n", "_tokens", "_windows")
 
 
 def _jsonl(path: Path) -> list[dict]:
-    text = path.read_text()
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        lines = lines[:-1]  # an interrupted append
     rows = []
-    for n, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: malformed JSON ({e.msg})") from e
-            if not isinstance(row, dict) or "stage" not in row or not isinstance(row.get("metrics"), dict):
-                raise ValueError(f"{path}: line {n}: not a row with 'stage' and 'metrics'")
-            rows.append(row)
+    for n, row in read_records(path):
+        if not isinstance(row, dict) or "stage" not in row or not isinstance(row.get("metrics"), dict):
+            raise ValueError(f"{path}: line {n}: not a row with 'stage' and 'metrics'")
+        rows.append(row)
     return rows
 
 

@@ -29,9 +29,9 @@ from conftest import ROOT
 from jaxprune import experiment
 from jaxprune import workdir as wd
 from jaxprune.data.corpus import DataError
+from jaxprune.jsonl import append_jsonl, repair_jsonl
 from jaxprune.training.checkpoint import (CheckpointCorrupt, CheckpointMismatch, Checkpointer, abstract_like)
-from jaxprune.training.loop import (Phase, Preempted, TrainingDiverged, append_jsonl, final_state, repair_jsonl,
-                                    run_phase)
+from jaxprune.training.loop import Phase, Preempted, TrainingDiverged, final_state, run_phase
 from jaxprune.training.state import create_state
 
 

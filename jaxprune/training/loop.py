@@ -6,9 +6,9 @@ are the pure jitted step from `step.py`.
 Faults: SIGTERM (preemption) is turned into a flag checked after every step; the
 loop then saves a checkpoint and raises `Preempted`, and the same command resumes.
 A non-finite loss raises `TrainingDiverged` before anything is saved, so the newest
-checkpoint on disk is the last good one. JSONL lines are appended with one write +
-fsync, and a partial last line left by a kill is cut off (with a warning) before the
-next append. After a resume, the metrics.jsonl lines of steps redone since the last
+checkpoint on disk is the last good one. JSONL lines are appended by `jaxprune.jsonl` (one write +
+fsync; a partial last line left by a kill is cut off, with a warning, before the
+next append). After a resume, the metrics.jsonl lines of steps redone since the last
 checkpoint appear twice; readers keep the last line of each (phase, step).
 
 Every metrics.jsonl line (loss, grad_norm, learning rate, tokens/s; held-out metrics
@@ -19,11 +19,8 @@ with eval_every) also goes to TensorBoard event files in TENSORBOARD_DIR/<phase>
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +31,7 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
+from jaxprune.jsonl import append_jsonl
 from jaxprune.training.checkpoint import Checkpointer, abstract_like
 from jaxprune.training.state import TrainState
 
@@ -46,53 +44,6 @@ class Preempted(RuntimeError):
     """SIGTERM arrived; the state is checkpointed and rerunning the same command resumes."""
 
     exit_code = 143  # 128 + SIGTERM, what schedulers expect from a process stopped by SIGTERM
-
-
-# ---------------------------------------------------------------------------
-# JSONL files: whole lines or nothing
-# ---------------------------------------------------------------------------
-def repair_jsonl(path: Path) -> int:
-    """Cuts off a final line without its newline (a write interrupted by a kill); returns bytes removed."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return 0
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-            return 0
-        keep, pos = 0, size
-        while pos > 0:  # the last newline, reading backwards in blocks
-            start = max(0, pos - 65536)
-            block = os.pread(fd, pos - start, start)
-            i = block.rfind(b"\n")
-            if i >= 0:
-                keep = start + i + 1
-                break
-            pos = start
-        os.ftruncate(fd, keep)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    print(f"warning: {path}: removed a partial last line ({size - keep} bytes) left by an interrupted write",
-          file=sys.stderr, flush=True)
-    return size - keep
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Appends one JSON line with a single write and fsyncs it, so a kill leaves the line whole or cut
-    off at the end (which `repair_jsonl`, run first, removes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    repair_jsonl(path)
-    data = (json.dumps(record) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(f"{path}: short write ({written} of {len(data)} bytes); disk full?")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------
