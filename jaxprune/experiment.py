@@ -445,7 +445,7 @@ class Experiment:
 
     def prune(self, params, masks, rate: float, rng):
         """(params, masks) pruned to cumulative `rate`: magnitude/random only change the masks
-        (:meth:`prune_masks`); wanda/sparsegpt calibrate block by block on
+        (:meth:`prune_masks`); wanda/sparsegpt calibrate block by block on the mesh on
         `pruning.calibration_samples` training sequences (the first batch of a shuffle with seed
         `seed + 2`), with earlier blocks already pruned, and sparsegpt also updates the weights."""
         pr = self.config.pruning
@@ -456,11 +456,10 @@ class Experiment:
                                                  self.config.seed + 2)[0])[:, :self.seq_len]
         layer = sparsity.layer_pruner(pr.method, float(rate), pattern=pr.pattern, n=pr.n, m=pr.m,
                                       blocksize=pr.sparsegpt_blocksize, damp=pr.sparsegpt_damp)
-        host = jax.device_get((params, masks))  # calibration runs unsharded, one block at a time
-        params, masks = calibrate_and_prune(self.model_cfg, host[0], host[1], tokens, layer,
-                                            batch_size=pr.calibration_batch)
-        return (jax.device_put(params, self.param_sh),
-                jax.device_put(masks, parallel.mask_shardings(masks, self.param_sh)))
+        # on the mesh, in the model's shardings: nothing is gathered to a host (every process passes the
+        # same tokens and copies only its own rows)
+        return calibrate_and_prune(self.model_cfg, params, masks, tokens, layer, batch_size=pr.calibration_batch,
+                                   batch_sharding=self.batch_sh)
 
     # -- evaluation ----------------------------------------------------------
     def evaluate(self, params, tag: str = "tasks", out_dir: Path | None = None,

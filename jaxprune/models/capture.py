@@ -9,6 +9,13 @@ one statistic. Memory is bounded by one block's activations (the calibration bat
 in mini-batches, scanned inside one compiled function per block) plus the residual
 stream ``(N, T, E)``. Blocks of equal shapes share their compiled functions.
 
+On a device mesh (``batch_sharding``) nothing leaves the devices: the parameters stay in
+their own shardings, the residual stream is split over the batch axes like a training
+batch, each statistic is reduced across them (replicated: every device holds ``X^T X``),
+and the layer pruner splits each kernel's outputs over the devices
+(:func:`jaxprune.sparsity.calibration.output_split`). On several processes every process
+passes the same host tokens and copies only its own rows.
+
 :func:`calibrate_and_prune` is the sequential procedure of SparseGPT (Frantar & Alistarh
 2023, Sec. 3) also used by Wanda's reference (Sun et al. 2023): embed the calibration
 tokens; for each block i, capture its linears' inputs with the already pruned blocks
@@ -24,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxprune.models.presets import ModelConfig
 from jaxprune.models.transformer import Block, Transformer
@@ -37,9 +45,13 @@ LayerPruneFn = Callable[[str, jax.Array, jax.Array, jax.Array, int], tuple[jax.A
 STATISTICS = ("xtx", "sq_norm")
 
 
-def _capture(fn: Callable[[], Any], statistic: str = "xtx") -> tuple[Any, dict[str, jax.Array]]:
+def _capture(fn: Callable[[], Any], statistic: str = "xtx",
+             rows: NamedSharding | None = None) -> tuple[Any, dict[str, jax.Array]]:
     """Runs ``fn`` (a flax apply) and returns its output and ``{dense path: statistic}``:
-    ``X^T X`` ``(in, in)`` for ``"xtx"``, ``sum_tokens x_j^2`` ``(in,)`` for ``"sq_norm"``."""
+    ``X^T X`` ``(in, in)`` for ``"xtx"``, ``sum_tokens x_j^2`` ``(in,)`` for ``"sq_norm"``.
+    ``rows``: the sharding of the inputs ``(tokens, in)`` the statistic is computed from (on a
+    mesh: tokens split like the batch, every input feature local, so each device sums its own
+    tokens and the sums are reduced; left to itself XLA may gather kernels instead)."""
     if statistic not in STATISTICS:
         raise ValueError(f"unknown statistic {statistic!r}; known: {STATISTICS}")
     stats: dict[str, jax.Array] = {}
@@ -50,7 +62,7 @@ def _capture(fn: Callable[[], Any], statistic: str = "xtx") -> tuple[Any, dict[s
             inp = args[0]
             stat = next((st for y, st in seen if y is inp), None)
             if stat is None:
-                x = inp.astype(jnp.float32).reshape(-1, inp.shape[-1])  # (tokens, in)
+                x = _constrain(inp.astype(jnp.float32).reshape(-1, inp.shape[-1]), rows)  # (tokens, in)
                 stat = x.T @ x if statistic == "xtx" else jnp.sum(x * x, axis=0)
                 seen.append((inp, stat))
             key = "/".join(context.module.path)
@@ -72,23 +84,33 @@ def _shape_key(cfg: ModelConfig, layer: int) -> int:
     return layer if (cfg.layer_d_ff is not None or cfg.layer_n_head is not None) else 0
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def block_stats(cfg: ModelConfig, layer: int, statistic: str, block_params: PyTree,
-                x: jax.Array) -> dict[str, jax.Array]:
+def _constrain(tree: Any, sharding: NamedSharding | None) -> Any:
+    return tree if sharding is None else jax.lax.with_sharding_constraint(tree, sharding)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 5, 6))
+def block_stats(cfg: ModelConfig, layer: int, statistic: str, block_params: PyTree, x: jax.Array,
+                out_sharding: NamedSharding | None = None,
+                rows: NamedSharding | None = None) -> dict[str, jax.Array]:
     """``{"attn/c_attn": statistic, ...}`` of block ``layer``'s linear layers over ``x``
-    ``(parts, B, T, E)``, summed over the parts (scanned: one part's activations at a time)."""
+    ``(parts, B, T, E)``, summed over the parts (scanned: one part's activations at a time);
+    ``out_sharding`` places the statistics (replicated on a mesh: reduced across the batch shards),
+    ``rows`` the inputs they are computed from, ``(tokens, in)`` (see :func:`_capture`)."""
     def body(acc, xb):
-        st = _capture(lambda: _block(cfg, layer).apply({"params": block_params}, xb, True), statistic)[1]
+        st = _capture(lambda: _block(cfg, layer).apply({"params": block_params}, xb, True), statistic, rows)[1]
         return (st if acc is None else jax.tree.map(jnp.add, acc, st)), None
 
     first = body(None, x[0])[0]
-    return jax.lax.scan(body, first, x[1:])[0] if x.shape[0] > 1 else first
+    return _constrain(jax.lax.scan(body, first, x[1:])[0] if x.shape[0] > 1 else first, out_sharding)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def block_forward(cfg: ModelConfig, layer: int, block_params: PyTree, x: jax.Array) -> jax.Array:
-    """Output of block ``layer`` for ``x`` ``(parts, B, T, E)``, one part at a time."""
-    return jax.lax.map(lambda xb: _block(cfg, layer).apply({"params": block_params}, xb, True), x)
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def block_forward(cfg: ModelConfig, layer: int, block_params: PyTree, x: jax.Array,
+                  out_sharding: NamedSharding | None = None) -> jax.Array:
+    """Output of block ``layer`` for ``x`` ``(parts, B, T, E)``, one part at a time (placed like
+    ``out_sharding`` when given)."""
+    return _constrain(jax.lax.map(lambda xb: _block(cfg, layer).apply({"params": block_params}, xb, True), x),
+                      out_sharding)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -97,13 +119,15 @@ def model_stats(cfg: ModelConfig, params: PyTree, tokens: jax.Array) -> dict[str
     return _capture(lambda: Transformer(cfg).apply({"params": params}, tokens, True))[1]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def embed(cfg: ModelConfig, params: PyTree, tokens: jax.Array) -> jax.Array:
-    """The residual stream entering block 0, ``(B, T, E)``, as in :class:`Transformer`."""
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def embed(cfg: ModelConfig, params: PyTree, tokens: jax.Array,
+          out_sharding: NamedSharding | None = None) -> jax.Array:
+    """The residual stream entering block 0, ``(..., T, E)`` for tokens ``(..., T)``, as in
+    :class:`Transformer` (placed like ``out_sharding`` when given)."""
     x = jnp.take(params["wte"]["embedding"], tokens, axis=0)
     if cfg.arch != "llama":
-        x = x + params["wpe"]["embedding"][: tokens.shape[1]][None]
-    return x.astype(jnp.dtype(cfg.dtype))
+        x = x + params["wpe"]["embedding"][: tokens.shape[-1]]
+    return _constrain(x.astype(jnp.dtype(cfg.dtype)), out_sharding)
 
 
 def _parts(x: jax.Array, size: int) -> list[jax.Array]:
@@ -123,6 +147,7 @@ def calibrate_and_prune(
     batch_size: int = 8,
     on_block: Callable[[int, dict[str, jax.Array]], None] | None = None,
     statistic: str | None = None,
+    batch_sharding: NamedSharding | None = None,
 ) -> tuple[PyTree, PyTree]:
     """Sequential block-by-block calibration and pruning.
 
@@ -139,9 +164,15 @@ def calibrate_and_prune(
       on_block: optional callback ``(i, {path: stat})`` after each block's capture.
       statistic: ``"xtx"`` or ``"sq_norm"`` (see :func:`block_stats`); default: the
         ``statistic`` attribute of ``prune_layer`` if it has one, else ``"xtx"``.
+      batch_sharding: calibrate on this sharding's mesh: a training batch's sharding
+        (its first dimension split over the batch axes). ``params`` and ``masks`` are then
+        arrays already placed on that mesh (on several processes: global arrays), and
+        ``tokens`` the same host array on every process. Mini-batches of ``batch_size``
+        sequences are split over the batch axes when they divide evenly, else replicated.
 
     Returns:
-      ``(params, masks)`` with every block's prunable kernels replaced.
+      ``(params, masks)`` with every block's prunable kernels replaced (on a mesh: in their
+      own shardings).
     """
     statistic = statistic or getattr(prune_layer, "statistic", "xtx")
     params = dict(params)
@@ -150,27 +181,48 @@ def calibrate_and_prune(
     outside = [p for p in prunable if not p.startswith("h_")]
     if outside:
         raise ValueError(f"calibrated pruning only handles linear kernels inside blocks, not {sorted(outside)}")
-    tokens = jnp.asarray(tokens, jnp.int32)
+    tokens = np.asarray(tokens, np.int32)
     n_seq, seq_len = tokens.shape
     tables = {k: params[k] for k in ("wte", "wpe") if k in params}  # not the whole model onto the device
-    xs = [embed(cfg, tables, t.reshape(-1, seq_len)).reshape(t.shape + (-1,))
-          for t in _parts(tokens, batch_size)]  # [(parts, B, T, E)]
+    parts = [_place(t, batch_sharding) for t in _parts(tokens, batch_size)]  # [((parts, B, T), sharding)]
+    xs = [(embed(cfg, tables, t, sh), sh) for t, sh in parts]  # [((parts, B, T, E), its sharding)]
+    stat_sh = None if batch_sharding is None else NamedSharding(batch_sharding.mesh, P())
     n_tokens = n_seq * seq_len
     for i in range(cfg.n_layer):
         name = f"h_{i}"
         layer = _shape_key(cfg, i)
-        bp, bm = jax.device_put(params[name]), masks.get(name)
+        bp, bm = (jax.device_put(params[name]) if batch_sharding is None else params[name]), masks.get(name)
         stats: dict[str, jax.Array] = {}
-        for x in xs:
-            st = block_stats(cfg, layer, statistic, bp, x)
+        for x, sh in xs:
+            st = block_stats(cfg, layer, statistic, bp, x, stat_sh, _rows(sh))
             stats = st if not stats else jax.tree.map(jnp.add, stats, st)
         if on_block is not None:
             on_block(i, stats)
         if prune_layer is not None and bm is not None:
             bp, bm = _prune_block(bp, bm, stats, n_tokens, prune_layer)
             params[name], masks[name] = bp, bm
-        xs = [block_forward(cfg, layer, bp, x) for x in xs]
+        xs = [(block_forward(cfg, layer, bp, x, sh), sh) for x, sh in xs]
     return params, masks
+
+
+def _rows(sh: NamedSharding | None) -> NamedSharding | None:
+    """The sharding of a block's inputs flattened to ``(tokens, in)`` when the activations ``(parts, B, T, E)``
+    are placed by ``sh``: tokens split like ``B``, features whole."""
+    return None if sh is None else NamedSharding(sh.mesh, P(sh.spec[1] if len(sh.spec) > 1 else None))
+
+
+def _place(tokens: np.ndarray, batch_sharding: NamedSharding | None) -> tuple[jax.Array, NamedSharding | None]:
+    """Token ids ``(parts, B, T)`` on the device (one device) or on the mesh, split over the batch axes of
+    ``batch_sharding`` when they divide ``B`` (else replicated); with the activations' sharding."""
+    if batch_sharding is None:
+        return jnp.asarray(tokens), None
+    axes = batch_sharding.spec[0] if len(batch_sharding.spec) else None
+    names = axes if isinstance(axes, tuple) else (() if axes is None else (axes,))
+    shards = int(np.prod([batch_sharding.mesh.shape[a] for a in names]))
+    spec = P(None, axes) if names and tokens.shape[1] % shards == 0 else P()
+    sh = NamedSharding(batch_sharding.mesh, spec)
+    # every process holds the same host tokens and copies only its own devices' rows
+    return jax.make_array_from_callback(tokens.shape, sh, lambda index: tokens[index]), sh
 
 
 def _key(path: Any) -> str:
