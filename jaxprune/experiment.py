@@ -221,6 +221,7 @@ class Experiment:
         self._check_workdir()
         self._check_init_checkpoint()
         self._check_task_data()
+        self._check_lm_eval_tasks()
 
         self.mesh = parallel.make_mesh(config.mesh)
         self.rules = parallel.rules(config.mesh)
@@ -368,6 +369,22 @@ class Experiment:
                         if not rel.endswith(".bz2"):
                             corpus.read_text(d / rel)  # raises DataError with the file and line
                     raise corpus.DataError(f"task {name}: data is not valid UTF-8 ({e})") from e
+
+    def _check_lm_eval_tasks(self) -> None:
+        """eval.lm_eval_tasks names lm-eval does not know, or that need the hub while it is out of reach,
+        fail now (lm-eval would only find out after training)."""
+        tasks = list(self.config.eval.get("lm_eval_tasks", ()) or ())
+        if not tasks:
+            return
+        from jaxprune.evaluation import lm_eval_backend as B  # lm_eval is installed: validate() checked
+        manager = B.task_manager()
+        problems = B.unknown_tasks(tasks, manager)
+        if problems:
+            raise ConfigError("invalid config:\n" + "\n".join(f"  - eval.lm_eval_tasks: {p}" for p in problems))
+        try:
+            B.check_offline(tasks, manager)
+        except LookupError as e:
+            raise ConfigError(f"eval.lm_eval_tasks: {e}") from e
 
     # -- compiled pieces -----------------------------------------------------
     def _phase_cfg(self, stage: Stage) -> ml_collections.ConfigDict:

@@ -110,6 +110,39 @@ def test_cli_fails_at_once_for_a_hub_task_offline():
                            "hellaswag (local: hellaswag_local)")
 
 
+def test_unknown_lm_eval_task_fails_before_any_compute(tmp_path):
+    import tiny_config
+
+    from jaxprune import experiment
+    from jaxprune.config import ConfigError
+
+    c = tiny_config.get_config()
+    c.data.data_dir = str(DATA)
+    c.eval.lm_eval_tasks = ("lambada_openai_locl", "hellaswag_local", "no_such_task_xyz")
+    with pytest.raises(ConfigError) as e:
+        experiment.Experiment(c, tmp_path / "run", progress=False)
+    head, first, second = str(e.value).splitlines()  # one line per unknown name; the closest first
+    assert head == "invalid config:"
+    assert first.startswith("  - eval.lm_eval_tasks: unknown lm-eval task 'lambada_openai_locl' "
+                            "(did you mean lambada_openai_local, ")
+    assert second == "  - eval.lm_eval_tasks: unknown lm-eval task 'no_such_task_xyz' (`lm-eval ls tasks` lists " \
+                     "lm-eval's own)"
+    assert not (tmp_path / "run" / "config.json").exists()
+    # the command line: exit code 2 (jaxprune/cli.py), the error line and its problem, no traceback
+    work = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "jaxprune.main", "--config=tests/tiny_config.py", f"--workdir={work}",
+                           f"--config.data.data_dir={DATA}", "--config.eval.lm_eval_tasks=('hellaswag_locl',)"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-2] == "error: invalid config:" and sum(x.startswith("error:") for x in lines) == 1
+    assert lines[-1].startswith("  - eval.lm_eval_tasks: unknown lm-eval task 'hellaswag_locl' (did you mean "
+                                "hellaswag_local, ")
+    assert not (work / "config.json").exists()
+
+
 @pytest.mark.heavy
 def test_smollm2_backend_matches_lm_eval_hf_backend():
     """SmolLM2-135M (GGUF), 4 LAMBADA and 4 HellaSwag examples: lm-eval on JaxpruneLM and on HFLM

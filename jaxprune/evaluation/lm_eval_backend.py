@@ -22,6 +22,7 @@ The command line is `python -m jaxprune.lm_eval --model jaxprune --model_args ..
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
@@ -150,11 +151,27 @@ class JaxpruneLM(TemplateLM):
 # ---------------------------------------------------------------------------
 # Running tasks
 # ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
 def task_manager(include_path: str | Path | None = None) -> Any:
-    """lm-eval's TaskManager that also knows the packaged offline tasks (LOCAL_TASKS)."""
+    """lm-eval's TaskManager that also knows the packaged offline tasks (LOCAL_TASKS).
+
+    Cached: indexing lm-eval's task files takes seconds, and the pipeline asks once to check the
+    configured names before any compute and again to run them."""
     from lm_eval.tasks import TaskManager
     paths = [str(LOCAL_TASKS)] + ([str(include_path)] if include_path else [])
     return TaskManager(include_path=paths)
+
+
+def unknown_tasks(tasks: Sequence[str], manager: Any) -> list[str]:
+    """One line for each name that is no task, group or tag `manager` knows, with the closest known names."""
+    known = manager.all_tasks
+    out = []
+    for t in tasks:
+        if t not in known:
+            close = difflib.get_close_matches(t, known, n=3)
+            out.append(f"unknown lm-eval task {t!r}" + (f" (did you mean {', '.join(close)}?)" if close else
+                                                        " (`lm-eval ls tasks` lists lm-eval's own)"))
+    return out
 
 
 def check_offline(tasks: Sequence[str], manager: Any) -> None:
