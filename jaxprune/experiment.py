@@ -679,7 +679,7 @@ class Experiment:
         v = self.tokenizer.get_vocab_size()
         counts = np.bincount(self.train_tokens, minlength=v).astype(np.float64) + 1.0
         logp = np.log(counts / counts.sum())
-        targets = np.concatenate([np.asarray(b)[:, 1:].ravel() for b in self.heldout])
+        targets = np.concatenate([parallel.fetch(b)[:, 1:].ravel() for b in self.heldout])  # multi-host: gathered
         return float(np.exp(-logp[targets].mean()))
 
     def run(self) -> list[dict]:

@@ -66,13 +66,32 @@ def replicated(mesh: Mesh) -> NamedSharding:
 # ---------------------------------------------------------------------------
 # Multi-host
 # ---------------------------------------------------------------------------
+PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "JAXPRUNE_NUM_PROCESSES", "JAXPRUNE_PROCESS_ID")
+
+
 def initialize(mesh_cfg: ml_collections.ConfigDict) -> None:
     """Starts JAX's multi-process runtime when `mesh.distributed` is set; call before touching devices.
 
     On TPU pods and SLURM/Open MPI GPU clusters jax.distributed.initialize() finds the
-    coordinator, process count and process id by itself.
+    coordinator, process count and process id by itself. Elsewhere (several processes on one
+    machine, a cluster JAX does not detect) give them in the environment: JAX_COORDINATOR_ADDRESS
+    (host:port of process 0), JAXPRUNE_NUM_PROCESSES and JAXPRUNE_PROCESS_ID. On CPU the
+    collectives between processes use gloo.
     """
-    if mesh_cfg.distributed:
+    if not mesh_cfg.distributed:
+        return
+    import os
+
+    given = [k for k in PROCESS_ENV if os.environ.get(k)]
+    if given and len(given) < len(PROCESS_ENV):
+        from jaxprune.config import ConfigError
+        raise ConfigError(f"mesh.distributed: set all of {', '.join(PROCESS_ENV)} or none (set: {', '.join(given)})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPUs/TPUs unaffected
+    if given:
+        jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
+                                   num_processes=int(os.environ["JAXPRUNE_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAXPRUNE_PROCESS_ID"]))
+    else:
         jax.distributed.initialize()
 
 
