@@ -217,7 +217,8 @@ class Experiment:
                 raise ConfigError(f"workdir {str(self.workdir)!r} does not exist")
         else:
             self._check_writable()
-            workdir_lock.check(self.workdir)  # refuse early; run() takes the lock
+            if parallel.is_primary():  # process 0 alone takes the lock: the others would see its lock
+                workdir_lock.check(self.workdir)  # refuse early; run() takes the lock
         self._check_workdir()
         self._check_init_checkpoint()
         self._check_task_data()
