@@ -542,7 +542,8 @@ class Experiment:
             except (ValueError, KeyError, OSError) as e:  # a damaged file, or one that does not fit the preset
                 raise pretrained_file_error(self.config, e) from e
         params = jax.device_put(params, self.param_sh)
-        return create_state(params, tx, None, self.config.seed)
+        # jitted with the state's shardings: a multi-host checkpoint cannot hold host-local arrays (step, rng)
+        return jax.jit(lambda p: create_state(p, tx, None, self.config.seed), out_shardings=state_sh)(params)
 
     def _params_from_run(self, stage_dir: Path, abstract: TrainState):
         """Params of the final checkpoint of a dense stage of another run (e.g. runs/gpt_lambada/dense)."""
