@@ -36,6 +36,7 @@ from jaxprune.sparsity import calibration  # noqa: E402
 MESHES = ((8, 1, 1), (2, 2, 2), (1, 4, 2))
 N_SEQ, SEQ, BATCH = 24, 32, 8  # 3 mini-batches of 8 sequences
 METHODS = (("wanda", "unstructured"), ("sparsegpt", "unstructured"), ("sparsegpt", "nm"))
+NM_MESH = (2, 2, 2)  # SparseGPT 2:4 runs on this mesh only (compile time)
 RATE = 0.5
 
 
@@ -115,6 +116,8 @@ def main() -> None:
         name = "x".join(map(str, sizes))
         res = {}
         for method, pattern in METHODS:
+            if pattern == "nm" and sizes != NM_MESH:
+                continue
             t0 = time.perf_counter()
             got_p, got_m = calibrate(mcfg0, p, m, tokens, method, pattern, batch_sh)
             t1 = time.perf_counter()

@@ -18,9 +18,11 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def report() -> dict:
+def report(tmp_path_factory) -> dict:
+    # the compilation cache lets the check's lowering of each step for its HLO reuse the step it just ran
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               TF_CPP_MIN_LOG_LEVEL="2")
+               TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     proc = subprocess.run([sys.executable, str(HERE / "mesh_calibration_check.py")], env=env, cwd=HERE.parent,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -33,7 +35,8 @@ def test_mesh_calibration_matches_one_device(report):
     for name, mesh in report["meshes"].items():
         # 8x1x1 keeps every kernel replicated; the other two shard all 8 prunable kernels
         assert mesh["sharded_kernels"] == (0 if name == "8x1x1" else 8), name
-        assert sorted(mesh["methods"]) == ["sparsegpt_nm", "sparsegpt_unstructured", "wanda_unstructured"]
+        assert sorted(mesh["methods"]) == (["sparsegpt_nm"] if name == "2x2x2" else []) + [
+            "sparsegpt_unstructured", "wanda_unstructured"], name
         for method, m in mesh["methods"].items():
             assert m["masks_identical"], (name, method)
             assert m["sparsity"] == 0.5, (name, method)
