@@ -1,16 +1,22 @@
-"""Cost of distillation: the jitted KD train step against the CE step, and the masked KD step against dense.
+"""Cost of the fine-tuning step: KD against CE, masked against dense, chunked LM-head loss and bf16 against
+the float32 step that materialises all logits.
 
     python benchmarks/kd_step.py --preset micro --batch 8 --rounds 7
+    python benchmarks/kd_step.py --preset smollm2-135m --seq 256 --batch 8 --rounds 3 --steps 1 --loss_chunk 32 --bf16
 
-Four library train steps (`training.step.make_train_step`) on the same model and batch: CE dense, KD
-dense, CE masked (50 %), KD masked (50 %); KD = loss "ce+kd" with the teacher's logits computed inside
-the step. Each is compiled first (compile time reported separately), then the rounds interleave the four,
-each timing `--steps` consecutive steps (wall and process CPU time). RESULT lines give median ratios.
+Library train steps (`training.step.make_train_step`) on the same model and batch: CE dense, KD dense,
+CE masked (50 %), KD masked (50 %); KD = loss "ce+kd" with the teacher's logits computed inside the step.
+--loss_chunk N adds CE and KD dense with the LM head run N positions at a time (`chunked_token_losses`);
+--bf16 adds the chunked CE step with bfloat16 compute (float32 params). Each is compiled first (compile
+time reported separately), then the rounds interleave all of them, each timing `--steps` consecutive steps
+(wall and process CPU time). RESULT lines give median ratios and tokens/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -26,6 +32,7 @@ from ml_collections import ConfigDict  # noqa: E402
 from jaxprune import sparsity  # noqa: E402
 from jaxprune.config import default_config  # noqa: E402
 from jaxprune.models import Transformer, init_params, model_config_from_preset  # noqa: E402
+from jaxprune.models.transformer import head_logits  # noqa: E402
 from jaxprune.training.state import create_state  # noqa: E402
 from jaxprune.training.step import make_optimizer, make_train_step  # noqa: E402
 
@@ -36,8 +43,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--seq", type=int, default=0, help="context length (0: the preset's)")
+    ap.add_argument("--loss_chunk", type=int, default=0, help="also time the chunked-loss steps")
+    ap.add_argument("--bf16", action="store_true", help="also time the chunked CE step in bfloat16")
     args = ap.parse_args()
     cfg = model_config_from_preset(args.preset)
+    if args.seq:
+        cfg = dataclasses.replace(cfg, max_len=args.seq)
     model = Transformer(cfg)
     params, _ = init_params(model, jax.random.key(0))
     phase = ConfigDict(default_config().finetune.to_dict())
@@ -50,6 +62,11 @@ def main() -> None:
         step = jax.jit(make_train_step(model.apply, tx, loss=loss), donate_argnums=0)
         for name, m in (("dense", None), ("masked", masks)):
             variants[f"{loss}/{name}"] = (step, m)
+    chunked = [("ce", cfg), ("ce+kd", cfg)] + [("ce", dataclasses.replace(cfg, dtype="bfloat16"))] * args.bf16
+    for loss, c in chunked if args.loss_chunk else ():
+        step = jax.jit(make_train_step(Transformer(c).apply, tx, loss=loss, loss_chunk=args.loss_chunk,
+                                       head=functools.partial(head_logits, c)), donate_argnums=0)
+        variants[f"{loss}/dense/chunk{args.loss_chunk}" + ("/bf16" if c.dtype == "bfloat16" else "")] = (step, None)
     states, compile_s = {}, {}
     for key, (step, m) in variants.items():
         p = sparsity.apply_masks(params, m) if m is not None else params
@@ -84,6 +101,12 @@ def main() -> None:
           f"(median wall time per step, KD = ce+kd with the teacher forward in the step)")
     print(f"RESULT masked_over_dense_kd_step_time={med['ce+kd/masked'] / med['ce+kd/dense']:.3f} "
           f"(median wall time per step at 50 % sparsity)")
+    for key in med:
+        if "chunk" in key:
+            base = key.split("/")[0] + "/dense"
+            print(f"RESULT {key.replace('/', '_')}_over_{base.replace('/', '_')}_step_time="
+                  f"{med[key] / med[base]:.3f} (median wall time per step; tokens/s "
+                  f"{tokens / med[base]:.0f} -> {tokens / med[key]:.0f})")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ def _optimizer_fields(steps: int, lr: float, warmup: int) -> ml_collections.Conf
     c.grad_clip = 1.0  # global-norm clipping (0 = off)
     c.eval_every = 0  # held-out evaluation every N steps during this phase (0 = only at the end)
     c.log_every = 10  # steps between lines in metrics.jsonl
+    # > 0: the loss runs the LM head on this many positions at a time (rematerialised in the backward pass), so
+    # the (batch, length, vocab) float32 logits are never all live; 0 = all positions at once
+    c.loss_chunk = 0
     return c
 
 
@@ -249,7 +252,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     # optimizer phases
     for phase in ("pretrain", "finetune"):
         p = config[phase]
-        for key in ("steps", "warmup_steps", "eval_every"):
+        for key in ("steps", "warmup_steps", "eval_every", "loss_chunk"):
             if not isinstance(p[key], int) or p[key] < 0:
                 add(f"{phase}.{key} must be a non-negative integer, got {p[key]!r}")
         for key in ("batch_size", "grad_accum", "log_every"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ from jaxprune.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from jaxprune.evaluation.harness import write_text_atomic
 from jaxprune.evaluation.scoring import ModuleApply
 from jaxprune.models import build_model, init_params, logical_axes
+from jaxprune.models.transformer import head_logits
 from jaxprune.sparsity.masks import leaves_with_paths
 from jaxprune.jsonl import append_jsonl, read_records, repair_jsonl
 from jaxprune.training.loop import (Phase, Preempted, final_state, handle_sigterm, preemption_requested, run_phase,
@@ -122,6 +124,9 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
     if d["finetune"].get("loss", "ce") == "ce":  # cross-entropy runs keep the digests they had before KD
         for key in ("loss", "kd_temperature", "kd_alpha"):
             d["finetune"].pop(key, None)
+    for phase in ("pretrain", "finetune"):  # unchunked runs keep the digests they had before loss_chunk
+        if not d[phase].get("loss_chunk"):
+            d[phase].pop("loss_chunk", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -415,7 +420,9 @@ class Experiment:
             tx = make_optimizer(phase)
             state_sh = jax.tree.map(lambda a: a.sharding, abstract)
             step = make_train_step(self.model.apply, tx, phase.grad_accum, loss=loss,
-                                   kd_temperature=phase.get("kd_temperature", 1.0), kd_alpha=phase.get("kd_alpha", 0.0))
+                                   kd_temperature=phase.get("kd_temperature", 1.0), kd_alpha=phase.get("kd_alpha", 0.0),
+                                   head=functools.partial(head_logits, self.model_cfg),
+                                   loss_chunk=phase.get("loss_chunk", 0))
             if loss == "ce":
                 self._fns[key] = jax.jit(step, in_shardings=(state_sh, self.batch_sh),
                                          out_shardings=(state_sh, parallel.replicated(self.mesh)), donate_argnums=0)

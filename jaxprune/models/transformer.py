@@ -192,6 +192,8 @@ class Transformer(nn.Module):
     """Decoder-only LM: tokens (B, T) int32 -> logits (B, T, V) float32.
 
     select (B, S): logits (B, S, V) of those positions only (the LM head runs there alone).
+    hidden: return the final (normalised) hidden states (B, T, E) instead of logits, for losses that
+    run the LM head in chunks (`head_logits`).
     decode: key/value-cache decoding (the "cache" collection must be mutable): tokens sit at
     positions (B, T), consecutive per row; without a cache (one (B, L, K, D) key and value per
     block) the call is a prefill from position 0 that creates it with L = cache_len.
@@ -202,7 +204,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array, deterministic: bool = True, *, select: jax.Array | None = None,
                  decode: bool = False, positions: jax.Array | None = None,
-                 cache_len: int | None = None) -> jax.Array:
+                 cache_len: int | None = None, hidden: bool = False) -> jax.Array:
         cfg = self.cfg
         if decode and positions is None:
             raise ValueError("decode needs the tokens' positions")
@@ -222,6 +224,8 @@ class Transformer(nn.Module):
         for i in range(cfg.n_layer):
             x = block(cfg, i, name=f"h_{i}")(x, deterministic, *(() if positions is None else (positions, cache_len)))
         x = _norm(cfg, "ln_f")(x)
+        if hidden:  # the final hidden states (B, T, E); `head_logits` maps them to logits
+            return x
         if select is not None:
             x = jnp.take_along_axis(x, select[..., None], axis=1)  # (B, S, E)
         if cfg.tie_embeddings:
@@ -229,6 +233,13 @@ class Transformer(nn.Module):
         else:
             logits = _dense(cfg.vocab_size, ("embed", "vocab"), "lm_head", cfg, False)(x)
         return logits.astype(jnp.float32)
+
+
+def head_logits(cfg: ModelConfig, params: Any, x: jax.Array) -> jax.Array:
+    """The LM head on hidden states x (..., E) -> float32 logits (..., V), as `Transformer` computes them."""
+    dtype = jnp.dtype(cfg.dtype)
+    w = params["wte"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]  # (E, V)
+    return jnp.dot(x.astype(dtype), w.astype(dtype)).astype(jnp.float32)
 
 
 def build_model(cfg: ModelConfig) -> Transformer:

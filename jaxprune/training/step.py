@@ -53,19 +53,73 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, temper
     return (jnp.exp(log_p) * (log_p - log_q)).sum(-1) * t * t
 
 
+def chunked_token_losses(head: Callable[[jax.Array], jax.Array], x: jax.Array, targets: jax.Array, chunk: int,
+                         teacher_head: Callable[[jax.Array], jax.Array] | None = None,
+                         teacher_x: jax.Array | None = None, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """Summed `cross_entropy` (and summed `distillation_kl` to the teacher) over all (B, T) tokens, running the
+    LM head on `chunk` positions of every row at a time, rematerialised in the backward pass: only
+    (B, chunk, V) logits are ever live instead of (B, T, V). x, teacher_x: final hidden states (B, T, E);
+    head maps (B, c, E) -> (B, c, V) float32 logits. Chunks run over positions, so batch sharding is kept.
+    Returns (ce_sum, kl_sum); kl_sum is 0 without a teacher."""
+    b, t = targets.shape
+    n = -(-t // chunk)
+    pad = n * chunk - t
+
+    def split(a):  # (B, T, ...) -> (n, B, chunk, ...), zero-padded at the end
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return jnp.moveaxis(a.reshape(b, n, chunk, *a.shape[2:]), 1, 0)
+
+    weight = split(jnp.ones((b, t), jnp.float32))
+    xs = (split(x), split(targets), weight, None if teacher_x is None else split(teacher_x))
+
+    @jax.checkpoint
+    def body(carry, inp):
+        xc, tc, wc, txc = inp
+        logits = head(xc)
+        ce = (cross_entropy(logits, tc) * wc).sum()
+        kl = jnp.float32(0.0) if txc is None else (
+            distillation_kl(logits, jax.lax.stop_gradient(teacher_head(txc)), temperature) * wc).sum()
+        return (carry[0] + ce, carry[1] + kl), None
+
+    (ce_sum, kl_sum), _ = jax.lax.scan(body, (jnp.float32(0.0), jnp.float32(0.0)), xs)
+    return ce_sum, kl_sum
+
+
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformationExtraArgs, grad_accum: int = 1,
                     loss: str = "ce", kd_temperature: float = 2.0, kd_alpha: float = 0.5,
+                    head: Callable[[Any, jax.Array], jax.Array] | None = None, loss_chunk: int = 0,
                     ) -> Callable[..., tuple[TrainState, dict]]:
     """Returns train_step(state, batch[, teacher]) with batch int32 (B, T+1); pure, to be jitted.
 
     loss: "ce" (cross-entropy), "kd" (`distillation_kl` to the teacher's logits) or "ce+kd"
     ((1 - kd_alpha) ce + kd_alpha kd). `teacher` are the frozen params of the teacher (same model); its
     logits are computed in the same step, under stop_gradient, and it is never updated.
+    loss_chunk > 0: the losses run through `chunked_token_losses` with `head(params, hidden)` as the LM
+    head (apply_fn must accept hidden=True), so the (B, T, V) logits are never all live.
     """
     if loss not in ("ce", "kd", "ce+kd"):
         raise ValueError(f"loss must be 'ce', 'kd' or 'ce+kd', got {loss!r}")
+    if loss_chunk and head is None:
+        raise ValueError("loss_chunk needs the model's LM head function")
+
+    def chunked_loss_fn(params, tokens, rng, teacher):
+        x = apply_fn({"params": params}, tokens[:, :-1], deterministic=False, rngs={"dropout": rng}, hidden=True)
+        t_x = None if loss == "ce" else jax.lax.stop_gradient(
+            apply_fn({"params": teacher}, tokens[:, :-1], hidden=True))
+        ce_sum, kl_sum = chunked_token_losses(lambda h: head(params, h), x, tokens[:, 1:], loss_chunk,
+                                              None if loss == "ce" else (lambda h: head(teacher, h)), t_x,
+                                              kd_temperature)
+        n = tokens[:, 1:].size
+        ce = ce_sum / n
+        if loss == "ce":
+            return ce, {"ce": ce}
+        kl = kl_sum / n
+        total = kl if loss == "kd" else (1.0 - kd_alpha) * ce + kd_alpha * kl
+        return total, {"ce": ce, "kl": kl}
 
     def loss_fn(params, tokens, rng, teacher):
+        if loss_chunk:
+            return chunked_loss_fn(params, tokens, rng, teacher)
         logits = apply_fn({"params": params}, tokens[:, :-1], deterministic=False, rngs={"dropout": rng})
         ce = cross_entropy(logits, tokens[:, 1:]).mean()
         if loss == "ce":
