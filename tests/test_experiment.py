@@ -225,3 +225,4 @@ def test_smollm2_recovery_variants_are_valid_configs(variant, data_dir, tmp_path
         assert tokens == module.CPU_STEPS * 5 * 8 * 256 <= 1_000_000
     if variant.startswith("gpu"):
         assert tokens <= 50_000_000
+    assert c.finetune.control == (c.finetune.loss != "kd")  # a kd control drifts on float noise: none is trained

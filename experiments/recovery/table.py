@@ -1,0 +1,105 @@
+"""Markdown tables of the SmolLM2 recovery arms (configs/smollm2_lambada.py :iter / :oneshot / :nofinetune).
+
+    python experiments/recovery/table.py runs/smollm2_iter_sparsegpt_kd [more runs ...]
+
+1. Every evaluated model of every run: arm, stage, sparsity, fine-tuning tokens so far, the metrics,
+   each with the ratio to the dense model (perplexities) or the difference (accuracies).
+2. "Which rate each task tolerates": per arm and task, the highest sparsity whose metric stays within
+   5 % of the dense model's perplexity, or within 0.02 of its accuracy (and every lower rate too).
+Every number is read from the runs' results.jsonl and config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+PPL = (("heldout_ppl", "books valid ppl"), ("wikitext2_ppl", "WikiText-2 ppl"), ("books_test_ppl", "books test ppl"),
+       ("lambada_ppl", "LAMBADA ppl"))
+ACC = (("lambada_acc", "LAMBADA acc"), ("hellaswag_acc", "HellaSwag acc"), ("storycloze_acc", "StoryCloze acc"),
+       ("nq_open_em", "NQ EM"), ("webquestions_em", "WebQ EM"), ("triviaqa_em", "TriviaQA EM"))
+PPL_KEYS = {k for k, _ in PPL}
+PPL_TOL, ACC_TOL = 1.05, 0.02
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def arm_name(cfg: dict) -> str:
+    pr, ft = cfg["pruning"], cfg["finetune"]
+    kind = "sweep, no fine-tune" if pr["schedule"] == "sweep" else ("iterative" if len(pr["rates"]) > 1 else "one-shot")
+    loss = ft.get("loss", "ce") if ft["steps"] else "—"
+    return f"{pr['method']} {kind}" + (f", {loss}" if ft["steps"] else "")
+
+
+def models(run: Path) -> list[dict]:
+    """One dict per evaluated model: arm, stage, kind, sparsity, tokens (cumulative fine-tune), metrics."""
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    per_step = cfg["finetune"]["batch_size"] * (cfg["model"]["max_len"] or 0)  # 0: the preset's length, unknown here
+    sweep = cfg["pruning"]["schedule"] == "sweep"  # every stage starts from dense
+    out, done = [], {}
+    for r in _rows(run / "results.jsonl"):
+        tokens = r.get("finetune_steps", 0) * per_step
+        done[r["kind"]] = tokens if sweep else done.get(r["kind"], 0) + tokens
+        out.append({"arm": arm_name(cfg), "stage": r["stage"], "kind": r["kind"], "sparsity": r["sparsity"],
+                    "tokens": done[r["kind"]], "metrics": r["metrics"]})
+    return out
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def tables(runs: list[Path]) -> str:
+    all_models = [m for run in runs for m in models(run)]
+    dense = next((m["metrics"] for m in all_models if m["kind"] == "dense"), None)
+    if dense is None:
+        raise SystemExit("no dense row in these runs")
+    cols = [(k, h) for k, h in PPL + ACC if any(k in m["metrics"] for m in all_models)]
+    lines = ["| arm | stage | sparsity | fine-tune tokens | " + " | ".join(h for _, h in cols) + " |",
+             "|" + "---|" * (len(cols) + 4)]
+    seen_dense = False
+    for m in all_models:
+        if m["kind"] == "dense":
+            if seen_dense:
+                continue
+            seen_dense = True
+        cells = []
+        for k, _ in cols:
+            v = m["metrics"].get(k)
+            if v is None:
+                cells.append("—")
+            elif m["kind"] == "dense" or k not in dense:
+                cells.append(_fmt(v))
+            elif k in PPL_KEYS:
+                cells.append(f"{_fmt(v)} ({v / dense[k]:.2f}×)")
+            else:
+                cells.append(f"{_fmt(v)} ({v - dense[k]:+.3f})")
+        arm = "dense" if m["kind"] == "dense" else m["arm"] + (" (control)" if m["kind"] == "control" else "")
+        lines.append(f"| {arm} | {m['stage']} | {m['sparsity']:.3f} | {m['tokens']:,} | " + " | ".join(cells) + " |")
+    lines += ["", f"Which rate each task tolerates: the highest sparsity (with every lower one) whose perplexity "
+              f"stays within {PPL_TOL - 1:.0%} of the dense model's, or accuracy within {ACC_TOL} of it.", "",
+              "| arm | " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    arms = dict.fromkeys(m["arm"] for m in all_models if m["kind"] == "pruned")
+    for arm in arms:
+        pruned = sorted((m for m in all_models if m["arm"] == arm and m["kind"] == "pruned"), key=lambda m: m["sparsity"])
+        cells = []
+        for k, _ in cols:
+            best = 0.0
+            for m in pruned:
+                v = m["metrics"].get(k)
+                if v is None or k not in dense:
+                    break
+                ok = v <= dense[k] * PPL_TOL if k in PPL_KEYS else v >= dense[k] - ACC_TOL
+                if not ok:
+                    break
+                best = m["sparsity"]
+            cells.append(f"{best:.0%}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(tables([Path(p) for p in sys.argv[1:]]), end="")
