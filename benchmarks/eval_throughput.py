@@ -13,7 +13,8 @@ weights). Two measurements, each alternating old and new for --rounds rounds:
   wall time of the generation / wall time of one full-length forward pass of the same
   batch at the generation's buffer width (both measured here). old = full reruns of the
   buffer per token (the path for an apply_fn without `decode`); new = KV cache. Also
-  printed: positions the model computes, in units of that forward pass (a count, not a time).
+  printed: positions the model computes, in units of that forward pass (a count, not a time), and
+  the new path split into its prefill (timed alone) and the mean decode step.
 
 Both pairs give identical outputs (checked here, and pinned by tests/test_eval_decode.py).
 The first call of each function compiles; compile time is reported separately.
@@ -130,7 +131,12 @@ def main() -> None:
     prompt_width = scoring._bucket(max(len(q) for q in questions), scoring.length_buckets(max_len))
     buf = jnp.zeros((args.batch, width), jnp.int32)
     fwd = jax.jit(model.apply)
-    unit = {"forward": lambda: fwd({"params": params}, buf)}
+    # the KV-cache generation's prefill alone (prompts at their bucket, LM head at one position per row)
+    pbuf = jnp.zeros((args.batch, prompt_width), jnp.int32)
+    ppos = jnp.broadcast_to(jnp.arange(prompt_width), pbuf.shape)
+    prefill = jax.jit(lambda p: new_fn.decode(p, pbuf, ppos, None, cache_len=width,
+                                              select=jnp.zeros((args.batch, 1), jnp.int32))[0])
+    unit = {"forward": lambda: fwd({"params": params}, buf), "prefill": lambda: prefill(params)}
 
     compile_s, outs = {}, {}
     for name, fns in (("loglikelihood", ll), ("generate", gen), ("forward", unit)):
@@ -144,12 +150,13 @@ def main() -> None:
     print("first calls (with compilation): " + ", ".join(f"{k} {v:.2f} s" for k, v in compile_s.items()))
     print(f"outputs identical: loglikelihoods within {ll_diff:.1e} with the same greedy flags, generated ids equal")
 
-    times: dict[str, list[float]] = {k: [] for k in ("ll/old", "ll/new", "gen/old", "gen/new", "forward")}
+    times: dict[str, list[float]] = {k: [] for k in ("ll/old", "ll/new", "gen/old", "gen/new", "forward", "prefill")}
     for rnd in range(args.rounds):
         for k in ("old", "new"):
             times[f"ll/{k}"].append(_timed(ll[k])[0])
             times[f"gen/{k}"].append(_timed(gen[k])[0])
         times["forward"].append(_timed(unit["forward"])[0])
+        times["prefill"].append(_timed(unit["prefill"])[0])
         print(f"round {rnd + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()),
               flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -162,6 +169,10 @@ def main() -> None:
         print(f"generate {k}: {med[f'gen/{k}'] * 1e3:.1f} ms ({mins[f'gen/{k}'] * 1e3:.1f}) = "
               f"{med[f'gen/{k}'] / med['forward']:.2f} forward-equivalents "
               f"(one forward {args.batch}x{width}: {med['forward'] * 1e3:.1f} ms)")
+    step = (med["gen/new"] - med["prefill"]) / (NEW_TOKENS - 1)
+    print(f"KV-cache generation = prefill {med['prefill'] * 1e3:.1f} ms ({med['prefill'] / med['forward']:.2f} "
+          f"forward-equivalents) + {NEW_TOKENS - 1} decode steps of {step * 1e3:.2f} ms (medians; one position's "
+          f"share of the forward pass: {med['forward'] / width * 1e3:.2f} ms)")
     counted_new = (prompt_width + NEW_TOKENS - 1) / width  # prefill at the prompts' bucket, then one per token
     print(f"positions computed per {NEW_TOKENS} tokens, in forward passes of width {width}: old {NEW_TOKENS}, "
           f"new {counted_new:.2f} (prefill {prompt_width} + {NEW_TOKENS - 1} single positions)")
@@ -170,6 +181,8 @@ def main() -> None:
     print(f"RESULT lambada_speedup={med['ll/old'] / med['ll/new']:.2f}")
     print(f"RESULT generation_forward_equivalents_per_{NEW_TOKENS}_tokens_old={med['gen/old'] / med['forward']:.2f}")
     print(f"RESULT generation_forward_equivalents_per_{NEW_TOKENS}_tokens_new={med['gen/new'] / med['forward']:.2f}")
+    print(f"RESULT generation_decode_step_ms={step * 1e3:.2f}")
+    print(f"RESULT generation_decode_step_over_forward_position_share={step / (med['forward'] / width):.2f}")
 
 
 if __name__ == "__main__":

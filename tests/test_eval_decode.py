@@ -106,6 +106,12 @@ def test_kv_cache_generation_equals_full_reruns(model):
     if name == "gpt2":  # length buckets: prefill widths 16..64, caches 32 or 64 positions, another batch size
         assert generate(ModuleApply(m), params, prompts, **dict(kw, batch_size=2, buckets=None), stop_ids=stops) \
             == old_stop
+        # the decode loop's ends: every row stops at its first token; a single new token (no decode step)
+        first = [o[:1] for o in old]
+        assert generate(ModuleApply(m), params, prompts, stop_ids=sorted({o[0] for o in old}), **kw) == first
+        short = prompts[:8]  # not left-truncated with 12 new tokens either (the 9th has 60 > 64 - 12)
+        assert generate(ModuleApply(m), params, short, **dict(kw, max_new_tokens=1), stop_ids=[-1, -2, -3]) \
+            == first[:8]
 
 
 def test_sampling_is_seeded_and_independent_of_batching():

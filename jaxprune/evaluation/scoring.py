@@ -289,23 +289,20 @@ def generate_batch_cached(apply_fn: ApplyFn, params: Any, prompts: jax.Array, le
 
     def cond(state):
         step, _, _, done, _, _ = state
-        return (step < max_new_tokens) & ~jnp.all(done)
+        return (step < max_new_tokens - 1) & ~jnp.all(done)
 
-    def body(state):
+    def body(state):  # emits token `step`, then computes token step + 1 from it
         step, buf, cur, done, nxt, cache = state
         pos = jnp.minimum(cur, width - 1)
         buf, cur, done = _emit(buf, cur, done, nxt, stop_ids)
+        logits, cache = apply_fn.decode(params, buf[rows, pos][:, None], pos[:, None], cache)
+        return step + 1, buf, cur, done, _choose(logits[:, 0], sampling, keys, step + 1), cache
 
-        def advance(cache):  # the emitted token's keys/values, and the logits that follow it
-            logits, cache = apply_fn.decode(params, buf[rows, pos][:, None], pos[:, None], cache)
-            return _choose(logits[:, 0], sampling, keys, step + 1), cache
-
-        more = (step + 1 < max_new_tokens) & ~jnp.all(done)
-        nxt, cache = jax.lax.cond(more, advance, lambda c: (nxt, c), cache)
-        return step + 1, buf, cur, done, nxt, cache
-
+    # the loop stops before the last token's decode step (nothing would read it); that token is emitted
+    # here, a no-op where the loop ended because every row had stopped
     state = (jnp.int32(0), buf, lengths, lengths == 0, nxt, cache)
-    _, buf, cur, _, _, _ = jax.lax.while_loop(cond, body, state)
+    _, buf, cur, done, nxt, _ = jax.lax.while_loop(cond, body, state)
+    buf, cur, _ = _emit(buf, cur, done, nxt, stop_ids)
     return buf, cur
 
 

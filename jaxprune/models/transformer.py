@@ -85,33 +85,51 @@ def rotary(x: jax.Array, inv_freq: np.ndarray | jax.Array, offset: int | jax.Arr
     return (x.astype(jnp.float32) * cos + rot.astype(jnp.float32) * sin).astype(x.dtype)
 
 
+def _attend_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Grouped-query attention of q (B, S, H, D) over a cache ck, cv (B, K, L, D) where allowed (B, S, L).
+
+    The cache is kept with the kv heads before the slots, the layout the two batched matmuls read
+    directly: with (B, L, K, D), XLA on CPU transposed the whole cache of every block at every step.
+    Numerics follow jax.nn.dot_product_attention (float32 logits scaled by 1/sqrt(D), softmax in float32)."""
+    b, s, h, d = q.shape
+    kv = ck.shape[1]
+    qg = q.reshape(b, s, kv, h // kv, d)  # query head j reads kv head j // (H/K)
+    logits = jnp.einsum("bskgd,bkld->bkgsl", qg, ck, preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+    logits = logits * jnp.asarray(1.0 / np.sqrt(d), logits.dtype)
+    big_negative = -0.7 * float(jnp.finfo(logits.dtype).max)
+    logits = jnp.where(allowed[:, None, None], logits, big_negative)  # (B, K, G, S, L)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(cv.dtype)
+    return jnp.einsum("bkgsl,bkld->bskgd", probs, cv).reshape(b, s, h, d)
+
+
 def _cached_attention(mod: nn.Module, q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array,
                       cache_len: int | None, window: int | None) -> jax.Array:
     """Attention of new positions (B, S) over a key/value cache held in the "cache" collection.
 
     Without a cache this is a prefill from position 0: causal attention over the S new positions,
-    whose keys and values start a cache (B, L, K, D) of L = cache_len positions. With one, k, v
+    whose keys and values start a cache (B, K, L, D) of L = cache_len positions. With one, k, v
     (B, S, K, D) are written at each row's positions (consecutive per row) and each query attends
     to the cached positions up to its own (minus the sliding window)."""
     b, s = k.shape[:2]
     if not mod.has_variable("cache", "key"):  # a prefill from position 0: causal attention over the new tokens
-        pad = ((0, 0), (0, cache_len - s), (0, 0), (0, 0))
-        mod.variable("cache", "key", lambda: jnp.pad(k, pad))
-        mod.variable("cache", "value", lambda: jnp.pad(v, pad))
+        pad = ((0, 0), (0, 0), (0, cache_len - s), (0, 0))
+        mod.variable("cache", "key", lambda: jnp.pad(k.transpose(0, 2, 1, 3), pad))
+        mod.variable("cache", "value", lambda: jnp.pad(v.transpose(0, 2, 1, 3), pad))
         local = None if window is None or window >= s else (window - 1, 0)
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local)
     ck, cv = mod.variable("cache", "key"), mod.variable("cache", "value")
-    slots = jnp.arange(ck.value.shape[1])  # (L,)
+    slots = jnp.arange(ck.value.shape[2])  # (L,)
     if s == 1:  # one new position per row: a row-wise scatter (measured 2.4x cheaper than vmapped slices)
         rows = jnp.arange(b)
-        ck.value = ck.value.at[rows, positions[:, 0]].set(k[:, 0])
-        cv.value = cv.value.at[rows, positions[:, 0]].set(v[:, 0])
+        ck.value = ck.value.at[rows, :, positions[:, 0]].set(k[:, 0])
+        cv.value = cv.value.at[rows, :, positions[:, 0]].set(v[:, 0])
     else:
-        write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice_in_dim(c, new, start, axis=0))
-        ck.value, cv.value = write(ck.value, k, positions[:, 0]), write(cv.value, v, positions[:, 0])
+        write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice_in_dim(c, new, start, axis=1))
+        ck.value = write(ck.value, k.transpose(0, 2, 1, 3), positions[:, 0])
+        cv.value = write(cv.value, v.transpose(0, 2, 1, 3), positions[:, 0])
     j, p = slots[None, None, :], positions[:, :, None]  # (1, 1, L), (B, S, 1)
     allowed = (j <= p) if window is None else (j <= p) & (j > p - window)  # (B, S, L)
-    return jax.nn.dot_product_attention(q, ck.value, cv.value, mask=allowed[:, None])
+    return _attend_cache(q, ck.value, cv.value, allowed)
 
 
 class Attention(nn.Module):
@@ -195,7 +213,7 @@ class Transformer(nn.Module):
     hidden: return the final (normalised) hidden states (B, T, E) instead of logits, for losses that
     run the LM head in chunks (`head_logits`).
     decode: key/value-cache decoding (the "cache" collection must be mutable): tokens sit at
-    positions (B, T), consecutive per row; without a cache (one (B, L, K, D) key and value per
+    positions (B, T), consecutive per row; without a cache (one (B, K, L, D) key and value per
     block) the call is a prefill from position 0 that creates it with L = cache_len.
     """
 
