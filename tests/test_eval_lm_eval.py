@@ -146,8 +146,10 @@ def test_unknown_lm_eval_task_fails_before_any_compute(tmp_path):
 @pytest.mark.heavy
 def test_smollm2_backend_matches_lm_eval_hf_backend():
     """SmolLM2-135M (GGUF), 4 LAMBADA and 4 HellaSwag examples: lm-eval on JaxpruneLM and on HFLM
-    (transformers from the same GGUF, float32 CPU) agree per request within 3e-4 (float32 sums of up
-    to ~30 token logprobs from two implementations) and on every decision."""
+    (transformers from the same GGUF, float32 CPU, log-softmax in float64) agree per request within
+    1e-4 and on every decision. HFLM's default float32 log-softmax over the 49,152-token vocabulary
+    overestimates loglikelihoods by ~9e-6 per token (experiments/lm_eval_parity/README.md, measured
+    against a float64 evaluation), which would exceed 1e-4 on long HellaSwag endings."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     import lm_eval
@@ -161,7 +163,8 @@ def test_smollm2_backend_matches_lm_eval_hf_backend():
     hmodel = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                                dtype=torch.float32).eval()
     htok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    theirs = HFLM(pretrained=hmodel, tokenizer=htok, batch_size=8, device="cpu", max_length=ours.max_len)
+    theirs = HFLM(pretrained=hmodel, tokenizer=htok, batch_size=8, device="cpu", max_length=ours.max_len,
+                  softmax_dtype="float64")
     out = []
     for lm in (ours, theirs):
         res = lm_eval.simple_evaluate(model=lm, tasks=["lambada_openai_local", "hellaswag_local"], limit=4,
@@ -171,5 +174,5 @@ def test_smollm2_backend_matches_lm_eval_hf_backend():
     for task in out[0]:
         for a, b in zip(out[0][task], out[1][task]):
             assert [x[1] for x in a] == [x[1] for x in b]
-            np.testing.assert_allclose([float(x[0]) for x in a], [float(x[0]) for x in b], atol=3e-4)
+            np.testing.assert_allclose([float(x[0]) for x in a], [float(x[0]) for x in b], atol=1e-4, rtol=0)
             assert np.argmax([x[0] for x in a]) == np.argmax([x[0] for x in b])
