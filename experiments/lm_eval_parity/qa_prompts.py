@@ -1,7 +1,7 @@
 """NQ-open and TriviaQA: the own harness's protocol against lm-eval's, on the same model and questions.
 
     JAXPRUNE_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 nice -n 15 \\
-        python experiments/lm_eval_parity/qa_prompts.py --n 48 --out experiments/lm_eval_parity/qa_prompts.json
+        python experiments/lm_eval_parity/qa_prompts.py --n 100 --out experiments/lm_eval_parity/qa_prompts.json
 
 SmolLM2-135M-Instruct (GGUF), zero-shot, the first N questions of each task, generated greedily:
 
@@ -49,7 +49,7 @@ def lm_eval_match(task: str, prediction: str, answers: list[str]) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
