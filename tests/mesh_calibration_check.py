@@ -51,18 +51,22 @@ def calibrate(cfg, params, masks, tokens, method, pattern, batch_sh=None):
 
 def compiled_gathers(cfg, params, masks, tokens, method, pattern, batch_sh, sharded_shapes) -> list[str]:
     """All-gathers whose result is a whole kernel that the model keeps sharded, in the compiled steps of
-    block 0 (every block shares them): in the embedding, statistics and forward steps a gather of any such
-    kernel's shape counts, in each layer-pruning step one of the shape of the kernel it prunes."""
+    block 0 (every block shares them): in the statistics and forward steps a gather of any such kernel's
+    shape counts (in the embedding step also the shapes of the sharded wte / wpe tables), in each
+    layer-pruning step one of the shape of the kernel it prunes."""
     part, sh = capture._place(tokens[:BATCH][None], batch_sh)
     tables = {k: params[k] for k in ("wte", "wpe")}
     stat_sh = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
     statistic = pruner(method, pattern).statistic
-    texts = [capture.embed.lower(cfg, tables, part, sh).compile().as_text()]
+    tables_sharded = [tuple(t["embedding"].shape) for t in tables.values()
+                      if not t["embedding"].sharding.is_fully_replicated]
+    found = parallel.full_gathers(capture.embed.lower(cfg, tables, part, sh).compile().as_text(),
+                                  sharded_shapes + tables_sharded)
     x = capture.embed(cfg, tables, part, sh)
     bp = params["h_0"]
-    texts.append(capture.block_stats.lower(cfg, 0, statistic, bp, x, stat_sh, capture._rows(sh)).compile().as_text())
-    texts.append(capture.block_forward.lower(cfg, 0, bp, x, sh).compile().as_text())
-    found = [g for t in texts for g in parallel.full_gathers(t, sharded_shapes)]
+    texts = [capture.block_stats.lower(cfg, 0, statistic, bp, x, stat_sh, capture._rows(sh)).compile().as_text(),
+             capture.block_forward.lower(cfg, 0, bp, x, sh).compile().as_text()]
+    found += [g for t in texts for g in parallel.full_gathers(t, sharded_shapes)]
     stats = capture.block_stats(cfg, 0, statistic, bp, x, stat_sh, capture._rows(sh))
     for path, m in sparsity.masks.leaves_with_paths(masks["h_0"]):
         if m is None:
