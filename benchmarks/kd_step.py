@@ -44,12 +44,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seq", type=int, default=0, help="context length (0: the preset's)")
+    ap.add_argument("--layers", type=int, default=0, help="blocks (0: the preset's)")
     ap.add_argument("--loss_chunk", type=int, default=0, help="also time the chunked-loss steps")
     ap.add_argument("--bf16", action="store_true", help="also time the chunked CE step in bfloat16")
     args = ap.parse_args()
     cfg = model_config_from_preset(args.preset)
     if args.seq:
         cfg = dataclasses.replace(cfg, max_len=args.seq)
+    if args.layers:
+        cfg = dataclasses.replace(cfg, n_layer=args.layers)
     model = Transformer(cfg)
     params, _ = init_params(model, jax.random.key(0))
     phase = ConfigDict(default_config().finetune.to_dict())
@@ -90,7 +93,7 @@ def main() -> None:
             cpu[key].append((time.process_time() - c0) / args.steps)
             states[key] = state
     tokens = args.batch * cfg.max_len
-    print(f"model {args.preset}, batch {args.batch} x {cfg.max_len} tokens, {args.rounds} interleaved rounds of "
+    print(f"model {args.preset} ({cfg.n_layer} blocks, vocabulary {cfg.vocab_size}), batch {args.batch} x {cfg.max_len} tokens, {args.rounds} interleaved rounds of "
           f"{args.steps} steps; {jax.device_count()} {jax.devices()[0].platform} device(s)")
     for key in variants:
         print(f"{key:14s} step wall min {min(wall[key]) * 1e3:8.1f} ms  median {statistics.median(wall[key]) * 1e3:8.1f} ms"

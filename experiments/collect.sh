@@ -7,7 +7,9 @@ for run in gpt_lambada ablation_oneshot ablation_no_finetune ablation_sweep_no_f
     calib_magnitude calib_wanda calib_sparsegpt calib_magnitude_nm calib_wanda_nm calib_sparsegpt_nm \
     calibft_magnitude calibft_wanda calibft_sparsegpt calibft_magnitude_nm calibft_wanda_nm calibft_sparsegpt_nm \
     smollm2_calibft_magnitude smollm2_calibft_wanda smollm2_calibft_sparsegpt \
-    smollm2_calibft_magnitude_nm smollm2_calibft_wanda_nm smollm2_calibft_sparsegpt_nm; do
+    smollm2_calibft_magnitude_nm smollm2_calibft_wanda_nm smollm2_calibft_sparsegpt_nm \
+    smollm2_iter_sparsegpt_kd smollm2_iter_sparsegpt_ce smollm2_iter_wanda_kd smollm2_iter_magnitude_kd \
+    smollm2_oneshot_sparsegpt_kd smollm2_nofinetune_sparsegpt; do
   [ -f "runs/$run/results.jsonl" ] || continue
   mkdir -p "$out/$run"
   cp "runs/$run/results.jsonl" "runs/$run/config.json" "$out/$run/"
@@ -30,4 +32,7 @@ python experiments/calibration/table.py $book > "$out/calibration_book_gpt_table
 smol=""; for m in magnitude wanda sparsegpt; do for p in "" _nm; do
   [ -f "runs/smollm2_calibft_$m$p/results.jsonl" ] && smol="$smol runs/smollm2_calibft_$m$p"; done; done
 [ -n "$smol" ] && python experiments/calibration/table.py $smol > "$out/calibration_smollm2_table.md"
+# the SmolLM2 recovery arms (experiments/recovery/README.md) as one table
+rec=$(ls -d runs/smollm2_iter_*/ runs/smollm2_oneshot_*/ runs/smollm2_nofinetune_*/ 2>/dev/null || true)
+[ -n "$rec" ] && python experiments/recovery/table.py $rec > "$out/recovery_smollm2_table.md"
 echo "written under $out"
