@@ -102,30 +102,27 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformationExtraArg
     if loss_chunk and head is None:
         raise ValueError("loss_chunk needs the model's LM head function")
 
-    def chunked_loss_fn(params, tokens, rng, teacher):
-        x = apply_fn({"params": params}, tokens[:, :-1], deterministic=False, rngs={"dropout": rng}, hidden=True)
-        t_x = None if loss == "ce" else jax.lax.stop_gradient(
-            apply_fn({"params": teacher}, tokens[:, :-1], hidden=True))
-        ce_sum, kl_sum = chunked_token_losses(lambda h: head(params, h), x, tokens[:, 1:], loss_chunk,
-                                              None if loss == "ce" else (lambda h: head(teacher, h)), t_x,
-                                              kd_temperature)
-        n = tokens[:, 1:].size
-        ce = ce_sum / n
+    def token_losses(params, tokens, rng, teacher):
+        """Mean cross-entropy and mean KL to the teacher (None for loss "ce"), chunked or not."""
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if loss_chunk:
+            x = apply_fn({"params": params}, inputs, deterministic=False, rngs={"dropout": rng}, hidden=True)
+            t_x = None if loss == "ce" else jax.lax.stop_gradient(apply_fn({"params": teacher}, inputs, hidden=True))
+            ce_sum, kl_sum = chunked_token_losses(lambda h: head(params, h), x, targets, loss_chunk,
+                                                  None if loss == "ce" else (lambda h: head(teacher, h)), t_x,
+                                                  kd_temperature)
+            return ce_sum / targets.size, None if loss == "ce" else kl_sum / targets.size
+        logits = apply_fn({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
+        ce = cross_entropy(logits, targets).mean()
         if loss == "ce":
-            return ce, {"ce": ce}
-        kl = kl_sum / n
-        total = kl if loss == "kd" else (1.0 - kd_alpha) * ce + kd_alpha * kl
-        return total, {"ce": ce, "kl": kl}
+            return ce, None
+        t_logits = jax.lax.stop_gradient(apply_fn({"params": teacher}, inputs))
+        return ce, distillation_kl(logits, t_logits, kd_temperature).mean()
 
     def loss_fn(params, tokens, rng, teacher):
-        if loss_chunk:
-            return chunked_loss_fn(params, tokens, rng, teacher)
-        logits = apply_fn({"params": params}, tokens[:, :-1], deterministic=False, rngs={"dropout": rng})
-        ce = cross_entropy(logits, tokens[:, 1:]).mean()
-        if loss == "ce":
+        ce, kl = token_losses(params, tokens, rng, teacher)
+        if kl is None:
             return ce, {"ce": ce}
-        t_logits = jax.lax.stop_gradient(apply_fn({"params": teacher}, tokens[:, :-1]))
-        kl = distillation_kl(logits, t_logits, kd_temperature).mean()
         total = kl if loss == "kd" else (1.0 - kd_alpha) * ce + kd_alpha * kl
         return total, {"ce": ce, "kl": kl}
 
