@@ -15,6 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from jaxprune.jsonl import read_records  # noqa: E402  (standard library only: no JAX start-up)
+
 PPL = (("heldout_ppl", "books valid ppl"), ("wikitext2_ppl", "WikiText-2 ppl"), ("books_test_ppl", "books test ppl"),
        ("lambada_ppl", "LAMBADA ppl"))
 ACC = (("lambada_acc", "LAMBADA acc"), ("hellaswag_acc", "HellaSwag acc"), ("storycloze_acc", "StoryCloze acc"),
@@ -24,7 +27,7 @@ PPL_TOL, ACC_TOL = 1.05, 0.02
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    return [row for _, row in read_records(path)] if path.is_file() else []
 
 
 def arm_name(cfg: dict) -> str:
