@@ -24,7 +24,7 @@ from jaxprune.jsonl import read_records
 
 # Lower is better for these; higher for everything else (accuracies, exact match).
 LOWER_IS_BETTER = ("loss", "ppl")
-SKIP = ("_n", "_tokens", "_windows")
+SKIP = ("_n", "_tokens", "_windows", "_stderr")  # not plotted or tabled on their own
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -131,6 +131,7 @@ def table_rows(runs: dict[str, list[dict]], metrics: list[str]) -> list[dict]:
             for m in metrics:
                 v = r["metrics"].get(m)
                 row[m] = v
+                row[f"{m} stderr"] = r["metrics"].get(f"{m}_stderr")
                 row[f"{m} vs dense"] = _delta(v, dense["metrics"].get(m)) if dense and r is not dense else ""
                 row[f"{m} vs control"] = _delta(v, ctrl["metrics"].get(m)) if ctrl else ""
             out.append(row)
@@ -161,7 +162,8 @@ def markdown(runs: dict[str, list[dict]], rows: list[dict], metrics: list[str], 
                      "(`eval.before_finetune`).")
     lines += ["", "Deltas are this row minus the original dense model (`vs dense`) and minus the dense model "
               "fine-tuned for the same total steps on the same batches (`vs control`). For perplexity and loss, "
-              "negative is better; for accuracy and exact match, positive is better.", ""]
+              "negative is better; for accuracy and exact match, positive is better. `±` is one standard error "
+              "over the evaluated examples (or windows), where the run recorded it.", ""]
     head = ["run", "stage", "sparsity", "nonzero", "ft steps"]
     for m in metrics:
         head += [m, "vs dense", "vs control"]
@@ -170,7 +172,9 @@ def markdown(runs: dict[str, list[dict]], rows: list[dict], metrics: list[str], 
     for r in rows:
         cells = [r["run"], r["stage"], f"{r['sparsity']:.4f}", str(r["nonzero_params"]), str(r["finetune_steps"])]
         for m in metrics:
-            cells += [_fmt(r[m]), r[f"{m} vs dense"], r[f"{m} vs control"]]
+            se = r[f"{m} stderr"]
+            cells += [_fmt(r[m]) + (f" ± {_fmt(se)}" if se is not None and r[m] is not None else ""),
+                      r[f"{m} vs dense"], r[f"{m} vs control"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)

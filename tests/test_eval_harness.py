@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -27,11 +28,18 @@ def test_evaluate_tasks_all_tasks(tmp_path):
     params = jax.jit(lambda k: init_params(model, k)[0])(jax.random.key(0))
     cfg = ml_collections.ConfigDict(dict(shots=2, max_examples=5, batch_size=8))
     m = harness.evaluate_tasks(TASKS, model, params, tok, cfg, DATA, out_dir=tmp_path, tag="dense")
-    assert set(m) == {"lambada_acc", "lambada_ppl", "lambada_n", "hellaswag_acc", "hellaswag_acc_norm", "hellaswag_n",
-                      "storycloze_acc", "storycloze_acc_norm", "storycloze_n", "nq_open_em", "nq_open_n",
-                      "webquestions_em", "webquestions_n", "triviaqa_em", "triviaqa_n"}
+    values = {"lambada_acc", "lambada_ppl", "hellaswag_acc", "hellaswag_acc_norm", "storycloze_acc",
+              "storycloze_acc_norm", "nq_open_em", "webquestions_em", "triviaqa_em"}
+    assert set(m) == values | {f"{k}_stderr" for k in values} | {
+        f"{t}_n" for t in ("lambada", "hellaswag", "storycloze", "nq_open", "webquestions", "triviaqa")}
     for k, v in m.items():
-        if k.endswith("_n"):
+        if k.endswith("_stderr"):
+            base = m[k[:-len("_stderr")]]
+            if k == "lambada_ppl_stderr":
+                assert v >= 0.0
+            else:  # a mean of five 0/1 values: the sample std / sqrt(5)
+                assert v == pytest.approx(math.sqrt(base * (1 - base) * 5 / 4 / 5), abs=1e-12)
+        elif k.endswith("_n"):
             assert v == 5
         elif k == "lambada_ppl":
             assert v > 1.0

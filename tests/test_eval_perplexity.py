@@ -55,7 +55,7 @@ def test_corpus_perplexity_equals_a_direct_forward_pass(model_and_params):
     model, params = model_and_params
     tokens = np.random.default_rng(0).integers(0, 512, 150)
     got = perplexity.corpus_perplexity(ModuleApply(model), params, tokens, max_len=64, batch_size=8)
-    nll = 0.0
+    nll, per_window = 0.0, []
     for start in range(0, 149, 64):  # windows [0, 65), [64, 129), [128, 150)
         piece = tokens[start: start + 65]
         padded = np.zeros(64, np.int32)
@@ -63,8 +63,14 @@ def test_corpus_perplexity_equals_a_direct_forward_pass(model_and_params):
         logits = np.asarray(_forward(model)(params, padded[None]), np.float64)[0, : len(piece) - 1]
         logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
             - logits.max(-1, keepdims=True)
-        nll -= logp[np.arange(len(piece) - 1), piece[1:]].sum()
+        per_window.append(-logp[np.arange(len(piece) - 1), piece[1:]].sum())
+        nll += per_window[-1]
     assert got["tokens"] == 149 and got["windows"] == 3
+    # the windows (64, 64 and 21 predicted tokens) are the samples of the standard error
+    tok = np.array([64.0, 64.0, 21.0])
+    resid = np.array(per_window) - nll / 149 * tok
+    assert got["ppl_stderr"] == pytest.approx(math.exp(nll / 149) * math.sqrt((resid ** 2).sum() / 6) / tok.mean(),
+                                              rel=1e-4)
     assert got["loss"] == pytest.approx(nll / 149, rel=1e-5)
     assert got["ppl"] == pytest.approx(math.exp(nll / 149), rel=1e-5)
 

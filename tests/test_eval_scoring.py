@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def test_multiple_choice_follows_the_model_end_to_end(model_and_params, tokenize
     data = TaskData("toy", "multiple_choice", examples, examples, True, "test")
     m = harness.evaluate_task(data, ModuleApply(model), copy, tokenizer, max_len=64, shots=0, max_examples=0,
                               batch_size=BATCH)
-    assert m == {"acc": pytest.approx(2 / 3), "acc_norm": pytest.approx(2 / 3), "n": 3}
+    se = math.sqrt((2 * (1 / 3) ** 2 + (2 / 3) ** 2) / 2 / 3)  # sample std of (1, 1, 0) over sqrt(3)
+    assert m == {"acc": pytest.approx(2 / 3), "acc_norm": pytest.approx(2 / 3), "n": 3,
+                 "acc_stderr": pytest.approx(se), "acc_norm_stderr": pytest.approx(se)}
     # LAMBADA path: the repeated word is reproduced greedily, another word is not.
     lam = TaskData("toy", "lambada", [Example("of the the", ("the",)), Example("of the the", ("and",))],
                    [], True, "test")
@@ -205,7 +208,8 @@ def test_multiple_choice_metrics_from_given_loglikelihoods():
     m = harness.multiple_choice_metrics(lls, choices, [1, 1, 1])
     # acc picks 0, 1, 1 -> 2/3. acc_norm (per character, as lm-eval 0.4) picks 1 (-0.6 vs -2), 1 (-0.5 vs
     # -2.5) and 1 (-7/3 = -2.33 vs -9/2 = -4.5; per byte it would pick 0: -9/4 = -2.25) -> 3/3.
-    assert m == {"acc": pytest.approx(2 / 3), "acc_norm": 1.0}
+    se = math.sqrt((2 * (1 / 3) ** 2 + (2 / 3) ** 2) / 2 / 3)
+    assert m == {"acc": pytest.approx(2 / 3), "acc_norm": 1.0, "acc_stderr": pytest.approx(se), "acc_norm_stderr": 0.0}
 
 
 def test_encode_pairs_moves_trailing_space_and_splits_the_joint_encoding(tokenizer):
@@ -214,3 +218,24 @@ def test_encode_pairs_moves_trailing_space_and_splits_the_joint_encoding(tokeniz
     whole = tokenizer.encode(text, add_special_tokens=False).ids
     assert ctx + cont == whole and ctx2 + cont2 == whole and (ctx, cont) == (ctx2, cont2)
     assert tokenizer.decode(cont) == " that"
+
+
+def test_standard_errors_equal_direct_computations():
+    from jaxprune.evaluation import metrics as M
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, 50).astype(float)
+    assert M.mean_stderr(x) == pytest.approx(np.std(x, ddof=1) / np.sqrt(50), rel=1e-12)
+    assert M.mean_stderr([1.0]) == 0.0
+    nll, tok = rng.uniform(1, 30, 40), rng.integers(1, 12, 40).astype(float)
+    # delta method for sum(a) / sum(b): var ~ sum((a_i - R b_i)^2) / (n (n - 1) mean(b)^2)
+    r = nll.sum() / tok.sum()
+    direct = math.sqrt(sum((a - r * b) ** 2 for a, b in zip(nll, tok)) / (40 * 39)) / tok.mean()
+    assert M.ratio_stderr(nll, tok) == pytest.approx(direct, rel=1e-12)
+    assert M.perplexity_stderr(nll, tok) == pytest.approx(math.exp(r) * direct, rel=1e-12)
+    # equal per-token losses on every item: no spread, zero error
+    assert M.ratio_stderr(2.0 * tok, tok) == pytest.approx(0.0, abs=1e-12)
+    # the bootstrap agrees with the delta method on a large sample (a check that the formula is the right one)
+    nll, tok = rng.gamma(3.0, 2.0, 2000) * 5, rng.integers(3, 8, 2000).astype(float)
+    idx = rng.integers(0, 2000, (400, 2000))
+    boot = np.std(nll[idx].sum(1) / tok[idx].sum(1))
+    assert M.ratio_stderr(nll, tok) == pytest.approx(boot, rel=0.15)

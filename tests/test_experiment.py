@@ -130,11 +130,14 @@ def test_report_renders_from_fixture(tmp_path):
 
     rows = [row("dense", "dense", 0.0, 0, 40.0, 0.2), row("prune_1", "pruned", 0.5, 10, 45.0, 0.15),
             row("control_1", "control", 0.0, 10, 38.0, 0.22)]
+    rows[1]["metrics"]["lambada_acc_stderr"] = 0.0357  # shown beside its metric, never as a metric of its own
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     path = report.report([tmp_path / "run"], tmp_path / "out")
     text = path.read_text()
-    assert "| run | prune_1 | 0.5000 | 500 | 10 | 45 | +5 | +7 | 0.15 | -0.05 | -0.07 |" in text
+    assert "| run | prune_1 | 0.5000 | 500 | 10 | 45 | +5 | +7 | 0.15 ± 0.0357 | -0.05 | -0.07 |" in text
+    assert "| run | dense | 0.0000 | 1000 | 0 | 40 |  |  | 0.2 |  |  |" in text
+    assert "stderr_vs_sparsity" not in text
     for png in ("heldout_ppl_vs_sparsity.png", "lambada_acc_vs_sparsity.png", "layer_sparsity.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     csv_lines = (tmp_path / "out" / "results.csv").read_text().splitlines()

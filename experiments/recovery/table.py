@@ -3,20 +3,25 @@
     python experiments/recovery/table.py runs/smollm2_iter_sparsegpt_kd [more runs ...]
 
 1. Every evaluated model of every run: arm, stage, sparsity, fine-tuning tokens so far, the metrics,
-   each with the ratio to the dense model (perplexities) or the difference (accuracies).
+   each with the ratio to the dense model (perplexities) or the difference (accuracies), and to the
+   run's matched control (the dense model fine-tuned on the same tokens) where it has one. Accuracies
+   and exact matches carry one standard error: the run's own `<metric>_stderr`, or for runs that
+   predate it the same quantity from the accuracy and n (exact for 0/1 outcomes).
 2. "Which rate each task tolerates": per arm and task, the highest sparsity whose metric stays within
    5 % of the dense model's perplexity, or within 0.02 of its accuracy (and every lower rate too).
-Every number is read from the runs' results.jsonl and config.json.
+Every number is read from the runs' results.jsonl, eval/evaluations.jsonl (`jaxprune.evaluate` of
+more tasks on the stages' checkpoints) and config.json.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from jaxprune.jsonl import read_records  # noqa: E402  (standard library only: no JAX start-up)
+from jaxprune.report import load_run  # noqa: E402  (standard library only: no JAX start-up)
 
 PPL = (("heldout_ppl", "books valid ppl"), ("wikitext2_ppl", "WikiText-2 ppl"), ("books_test_ppl", "books test ppl"),
        ("lambada_ppl", "LAMBADA ppl"))
@@ -24,10 +29,6 @@ ACC = (("lambada_acc", "LAMBADA acc"), ("hellaswag_acc", "HellaSwag acc"), ("sto
        ("nq_open_em", "NQ EM"), ("webquestions_em", "WebQ EM"), ("triviaqa_em", "TriviaQA EM"))
 PPL_KEYS = {k for k, _ in PPL}
 PPL_TOL, ACC_TOL = 1.05, 0.02
-
-
-def _rows(path: Path) -> list[dict]:
-    return [row for _, row in read_records(path)] if path.is_file() else []
 
 
 def arm_name(cfg: dict) -> str:
@@ -43,12 +44,23 @@ def models(run: Path) -> list[dict]:
     per_step = cfg["finetune"]["batch_size"] * (cfg["model"]["max_len"] or 0)  # 0: the preset's length, unknown here
     sweep = cfg["pruning"]["schedule"] == "sweep"  # every stage starts from dense
     out, done = [], {}
-    for r in _rows(run / "results.jsonl"):
+    for r in load_run(run):
         tokens = r.get("finetune_steps", 0) * per_step
         done[r["kind"]] = tokens if sweep else done.get(r["kind"], 0) + tokens
         out.append({"arm": arm_name(cfg), "stage": r["stage"], "kind": r["kind"], "sparsity": r["sparsity"],
-                    "tokens": done[r["kind"]], "metrics": r["metrics"]})
+                    "tokens": done[r["kind"]], "metrics": r["metrics"], "run": str(run)})
     return out
+
+
+def stderr(metrics: dict, key: str) -> float | None:
+    """The metric's standard error as recorded, or for a mean of 0/1 outcomes from the mean and n."""
+    if f"{key}_stderr" in metrics:
+        return metrics[f"{key}_stderr"]
+    n = metrics.get(key.rsplit("_", 1)[0] + "_n")
+    if key in PPL_KEYS or not n or n < 2:
+        return None
+    p = metrics[key]
+    return math.sqrt(p * (1 - p) / (n - 1))
 
 
 def _fmt(v: float) -> str:
@@ -69,17 +81,24 @@ def tables(runs: list[Path]) -> str:
             if seen_dense:
                 continue
             seen_dense = True
+        ctrl = next((c["metrics"] for c in all_models if c["kind"] == "control" and c["run"] == m["run"]
+                     and c["tokens"] == m["tokens"]), None) if m["kind"] == "pruned" else None
         cells = []
         for k, _ in cols:
             v = m["metrics"].get(k)
             if v is None:
                 cells.append("—")
-            elif m["kind"] == "dense" or k not in dense:
-                cells.append(_fmt(v))
-            elif k in PPL_KEYS:
-                cells.append(f"{_fmt(v)} ({v / dense[k]:.2f}×)")
+                continue
+            se = stderr(m["metrics"], k)
+            text = _fmt(v) + (f" ± {se:.3f}" if se is not None else "")
+            refs = [r for r in (dense if m["kind"] != "dense" else None, ctrl) if r is not None and k in r]
+            if k in PPL_KEYS:
+                rel = [f"{v / r[k]:.2f}×" for r in refs]
             else:
-                cells.append(f"{_fmt(v)} ({v - dense[k]:+.3f})")
+                rel = [f"{v - r[k]:+.3f}" for r in refs]
+            if ctrl is not None and k in ctrl:
+                rel[-1] += " ctrl"
+            cells.append(text + (f" ({', '.join(rel)})" if rel else ""))
         arm = "dense" if m["kind"] == "dense" else m["arm"] + (" (control)" if m["kind"] == "control" else "")
         lines.append(f"| {arm} | {m['stage']} | {m['sparsity']:.3f} | {m['tokens']:,} | " + " | ".join(cells) + " |")
     lines += ["", f"Which rate each task tolerates: the highest sparsity (with every lower one) whose perplexity "

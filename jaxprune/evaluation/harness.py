@@ -13,6 +13,8 @@ Metrics (flat, one dict for all tasks):
   <qa>_em       exact match of the greedy answer (up to the first newline) against any
                 alias, after metrics.normalize_answer (nq_open, webquestions, triviaqa)
   <task>_n      examples evaluated
+  <metric>_stderr  standard error of each of these over the examples (windows for a corpus;
+                see evaluation.metrics)
   <corpus>_ppl  perplexity of a whole text (wikitext2, books_test; see evaluation.perplexity),
                 with <corpus>_loss, <corpus>_tokens (predicted tokens) and <corpus>_windows
   lmeval_<task>_<metric>  eval.lm_eval_tasks run through lm-evaluation-harness on the same
@@ -98,24 +100,29 @@ def generate_until(apply_fn: ApplyFn, params: Any, tokenizer: Tokenizer, prompts
 # One function per task kind: (examples, prompts, scores) -> metrics
 # ---------------------------------------------------------------------------
 def lambada_metrics(results: Sequence[Loglikelihood]) -> dict[str, float]:
-    """acc and token-level perplexity from one Loglikelihood per passage."""
-    nll = -sum(r.logprob for r in results)
-    tokens = sum(r.num_tokens for r in results)
-    return {"acc": float(np.mean([r.is_greedy for r in results])), "ppl": math.exp(nll / tokens)}
+    """acc and token-level perplexity from one Loglikelihood per passage, with their standard errors."""
+    nll = [-r.logprob for r in results]
+    tokens = [r.num_tokens for r in results]
+    greedy = [float(r.is_greedy) for r in results]
+    return {"acc": float(np.mean(greedy)), "ppl": math.exp(sum(nll) / sum(tokens)),
+            "acc_stderr": M.mean_stderr(greedy), "ppl_stderr": M.perplexity_stderr(nll, tokens)}
 
 
 def multiple_choice_metrics(loglikelihoods: Sequence[Sequence[float]], choices: Sequence[Sequence[str]],
                             labels: Sequence[int]) -> dict[str, float]:
-    """acc (summed loglikelihood) and acc_norm (per character of the choice text, as lm-eval 0.4)."""
-    acc = [M.choose(ll) == y for ll, y in zip(loglikelihoods, labels)]
-    acc_norm = [M.choose(ll, [len(c) for c in ch]) == y
+    """acc (summed loglikelihood) and acc_norm (per character of the choice text, as lm-eval 0.4), with
+    their standard errors."""
+    acc = [float(M.choose(ll) == y) for ll, y in zip(loglikelihoods, labels)]
+    acc_norm = [float(M.choose(ll, [len(c) for c in ch]) == y)
                 for ll, ch, y in zip(loglikelihoods, choices, labels)]
-    return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm))}
+    return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)),
+            "acc_stderr": M.mean_stderr(acc), "acc_norm_stderr": M.mean_stderr(acc_norm)}
 
 
 def qa_metrics(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Exact match against any alias."""
-    return {"em": float(np.mean([M.exact_match(p, a) for p, a in zip(predictions, answers)]))}
+    """Exact match against any alias, with its standard error."""
+    em = [float(M.exact_match(p, a)) for p, a in zip(predictions, answers)]
+    return {"em": float(np.mean(em)), "em_stderr": M.mean_stderr(em)}
 
 
 def loglikelihood_requests(data: TaskData, prompts: Sequence[str], tokenizer: Tokenizer
@@ -156,11 +163,13 @@ COLUMNS = ("acc", "acc_norm", "ppl", "em")
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table, one row per task: task, n, shots, acc, acc_norm, ppl, em, seconds."""
+    """Markdown table, one row per task: task, n, shots, acc, acc_norm, ppl, em (each ± its standard error
+    where known), seconds."""
     head = "| task | n | shots | " + " | ".join(COLUMNS) + " | seconds |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
     for r in rows:
-        cells = [f"{r[c]:.4f}" if c in r else "" for c in COLUMNS]
+        cells = [(f"{r[c]:.4f}" + (f" ± {r[c + '_stderr']:.4f}" if c + "_stderr" in r else "")) if c in r else ""
+                 for c in COLUMNS]
         lines.append(f"| {r['task']} | {r['n']} | {r['shots']} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 

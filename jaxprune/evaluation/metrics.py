@@ -3,6 +3,11 @@
 Definitions follow the SQuAD / GPT-3 / lm-evaluation-harness conventions:
 exact match compares answers after lower-casing, deleting punctuation, deleting the
 articles "a", "an", "the" and collapsing whitespace (any Unicode whitespace).
+
+Standard errors are over the evaluated examples: for a mean (accuracy, exact match) the
+sample standard deviation over sqrt(n), as lm-evaluation-harness reports; for a perplexity
+exp(sum nll / sum tokens) the delta-method error of that ratio over examples (or windows),
+times the perplexity.
 """
 
 from __future__ import annotations
@@ -64,3 +69,27 @@ def choose(loglikelihoods: Sequence[float], lengths: Sequence[float] | None = No
     if lengths is not None:
         ll = ll / np.maximum(np.asarray(lengths, np.float64), 1.0)
     return int(np.argmax(ll))
+
+
+def mean_stderr(values: Sequence[float]) -> float:
+    """Standard error of the mean: sample standard deviation (ddof 1) / sqrt(n); 0 below two values."""
+    x = np.asarray(values, np.float64)
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def ratio_stderr(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """Delta-method standard error of sum(numerators) / sum(denominators) over i.i.d. items
+    (e.g. a loss per token from per-example NLLs and token counts); 0 below two items."""
+    a = np.asarray(numerators, np.float64)
+    b = np.asarray(denominators, np.float64)
+    n = len(a)
+    if n < 2:
+        return 0.0
+    residual = a - (a.sum() / b.sum()) * b
+    return float(np.sqrt(np.sum(residual ** 2) / (n * (n - 1))) / b.mean())
+
+
+def perplexity_stderr(nll: Sequence[float], tokens: Sequence[float]) -> float:
+    """Standard error of exp(sum nll / sum tokens) (delta method: perplexity times the loss's error)."""
+    a, b = np.asarray(nll, np.float64), np.asarray(tokens, np.float64)
+    return float(np.exp(a.sum() / b.sum()) * ratio_stderr(a, b))

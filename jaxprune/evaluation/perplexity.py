@@ -8,6 +8,8 @@ many evenly spaced windows are scored (a subsample, reported as such by `tokens`
 
     ppl = exp(total NLL / predicted tokens)
 
+Its standard error (`ppl_stderr`) treats the windows as the samples (evaluation.metrics).
+
 This is token-level perplexity under the model's own tokenizer: comparable between
 pruned variants of one model, not between models with different tokenizers.
 """
@@ -26,6 +28,7 @@ from tokenizers import Tokenizer
 
 from jaxprune.data import corpus
 from jaxprune.data.tokenizer import fingerprint
+from jaxprune.evaluation.metrics import perplexity_stderr
 from jaxprune.evaluation.scoring import ApplyFn, _fetch, _on_device, _put
 
 # task name -> (corpus source, split, TFDS dataset for users without the data directory or None)
@@ -62,23 +65,26 @@ def _nll(apply_fn: ApplyFn, params: Any, seqs: jax.Array, weights: jax.Array) ->
     logits = apply_fn(params, seqs[:, :-1]).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     target = jnp.take_along_axis(logp, seqs[:, 1:, None], axis=-1)[..., 0]
-    return -jnp.sum(target * weights)
+    return -jnp.sum(target * weights, axis=1)  # per window
 
 
 def corpus_perplexity(apply_fn: ApplyFn, params: Any, tokens: np.ndarray, *, max_len: int, batch_size: int,
                       max_windows: int = 0, batch_sharding: Any = None) -> dict[str, float]:
-    """{"ppl", "loss", "tokens", "windows"} of `tokens` (see the module docstring)."""
+    """{"ppl", "ppl_stderr", "loss", "tokens", "windows"} of `tokens` (see the module docstring)."""
     seqs, weights = windows(tokens, max_len, max_windows)
     params = _on_device(params)
     pad = (-len(seqs)) % batch_size  # whole batches only: one compilation; padded rows weigh zero
     seqs = np.concatenate([seqs, np.zeros((pad, seqs.shape[1]), np.int32)])
     weights = np.concatenate([weights, np.zeros((pad, weights.shape[1]), np.float32)])
-    nll = 0.0
+    per_window = []
     for b in range(0, len(seqs), batch_size):
         s, w = _put([seqs[b: b + batch_size], weights[b: b + batch_size]], batch_sharding)
-        nll += float(_fetch(_nll(apply_fn, params, s, w)))
-    n = float(weights.sum())
-    return {"ppl": math.exp(nll / n), "loss": nll / n, "tokens": int(n), "windows": int(len(seqs) - pad)}
+        per_window.append(np.asarray(_fetch(_nll(apply_fn, params, s, w)), np.float64))
+    real = len(seqs) - pad
+    nll_w, tokens_w = np.concatenate(per_window)[:real], weights[:real].sum(1, dtype=np.float64)
+    nll, n = float(nll_w.sum()), float(tokens_w.sum())
+    return {"ppl": math.exp(nll / n), "ppl_stderr": perplexity_stderr(nll_w, tokens_w), "loss": nll / n,
+            "tokens": int(n), "windows": int(real)}
 
 
 def load_corpus_texts(name: str, data_dir: str | Path | None) -> tuple[list[str], str]:
