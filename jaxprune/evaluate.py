@@ -5,9 +5,10 @@
 
 The config must be the one the run was trained with: the run directory checks its digest,
 which leaves out every `eval.*` key, so tasks and sizes can change here. `--stages=all`
-takes every stage in the run's results.jsonl. The run may still be running (nothing is
-written to it unless --out names it). For each stage, OUT/eval/<stage>.{md,json} is
-written and one line {"stage", "eval", "metrics"} is appended to OUT/eval/evaluations.jsonl;
+takes every stage in the run's results.jsonl. The run may still be running: only OUT/eval/ is
+written (OUT defaults to the run directory). For each stage, the tables go to
+OUT/eval/<stage>.evaluate.<task>...{md,json} (the run's own eval/<stage>.* tables stay as they
+are) and one line {"stage", "eval", "metrics"} is appended to OUT/eval/evaluations.jsonl;
 `python -m jaxprune.report WORKDIR` merges these lines into its tables and plots.
 Exit codes and error lines follow `jaxprune.main` (2 for a config, data or workdir problem).
 """
@@ -61,7 +62,9 @@ def evaluate(config, workdir: Path, stage_names: list[str], out: Path) -> None:
         state = final_state(exp.workdir / name, abstract, {"digest": exp.digest, "phase": name})
         if state is None:
             raise CheckpointError(f"{exp.workdir / name} has no checkpoint")
-        metrics = exp.evaluate(state.params, tag=name, out_dir=out)
+        # Its own table name, so the stage's tables from the run (and other evaluations) are kept.
+        tag = ".".join([name, "evaluate", *[t for t in config.eval.tasks if t != "heldout"]])
+        metrics = exp.evaluate(state.params, tag=tag, out_dir=out)
         append_jsonl(out / EVALUATIONS, {"stage": name, "eval": exp._eval_settings(), "metrics": metrics})
         print(f"[{name}] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)),
               flush=True)

@@ -202,7 +202,7 @@ def test_evaluate_cli_scores_finished_checkpoints(finished_run, tmp_path):
     for x, r in zip(lines, (rows[0], rows[3])):  # the restored checkpoints are the evaluated models
         assert x["metrics"]["heldout_ppl"] == pytest.approx(r["metrics"]["heldout_ppl"], rel=1e-6)
         assert x["metrics"]["wikitext2_windows"] == 8
-    assert (tmp_path / "eval" / "prune_2.md").is_file()
+    assert (tmp_path / "eval" / "prune_2.evaluate.wikitext2.md").is_file()
 
 
 @pytest.mark.parametrize("variant", ["iter=sparsegpt", "iter=wanda,kd", "iter=magnitude,ce+kd",
