@@ -7,7 +7,9 @@ over tokens; SparseGPT's Hessian) or just its diagonal, the per-input squared no
 captured forward is the model's own; layers fed the same input (q/k/v, gate/up) share
 one statistic. Memory is bounded by one block's activations (the calibration batch runs
 in mini-batches, scanned inside one compiled function per block) plus the residual
-stream ``(N, T, E)``. Blocks of equal shapes share their compiled functions.
+stream ``(N, T, E)``. Blocks of equal shapes share their compiled functions, and layers
+sharing a statistic are pruned together when the pruner can (``prune_layer.group``:
+SparseGPT factors their shared Hessian once).
 
 On a device mesh (``batch_sharding``) nothing leaves the devices: the parameters stay in
 their own shardings, the residual stream is split over the batch axes like a training
@@ -46,32 +48,42 @@ STATISTICS = ("xtx", "sq_norm")
 
 
 def _capture(fn: Callable[[], Any], statistic: str = "xtx",
-             rows: NamedSharding | None = None) -> tuple[Any, dict[str, jax.Array]]:
-    """Runs ``fn`` (a flax apply) and returns its output and ``{dense path: statistic}``:
-    ``X^T X`` ``(in, in)`` for ``"xtx"``, ``sum_tokens x_j^2`` ``(in,)`` for ``"sq_norm"``.
+             rows: NamedSharding | None = None) -> tuple[Any, dict[str, jax.Array], tuple[tuple[str, ...], ...]]:
+    """Runs ``fn`` (a flax apply) and returns its output, ``{dense path: statistic}`` and the
+    groups of dense paths fed one input (so sharing one statistic; a layer called on several
+    inputs is a group of its own). Statistic: ``X^T X`` ``(in, in)`` for ``"xtx"``,
+    ``sum_tokens x_j^2`` ``(in,)`` for ``"sq_norm"``.
     ``rows``: the sharding of the inputs ``(tokens, in)`` the statistic is computed from (on a
     mesh: tokens split like the batch, every input feature local, so each device sums its own
     tokens and the sums are reduced; left to itself XLA may gather kernels instead)."""
     if statistic not in STATISTICS:
         raise ValueError(f"unknown statistic {statistic!r}; known: {STATISTICS}")
     stats: dict[str, jax.Array] = {}
-    seen: list[tuple[Any, jax.Array]] = []  # (input, its statistic): q/k/v and gate/up share one
+    seen: list[tuple[Any, jax.Array, list[str]]] = []  # (input, its statistic, paths fed it)
 
     def interceptor(next_fun, args, kwargs, context):
         if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
             inp = args[0]
-            stat = next((st for y, st in seen if y is inp), None)
-            if stat is None:
+            entry = next((e for e in seen if e[0] is inp), None)
+            if entry is None:
                 x = _constrain(inp.astype(jnp.float32).reshape(-1, inp.shape[-1]), rows)  # (tokens, in)
-                stat = x.T @ x if statistic == "xtx" else jnp.sum(x * x, axis=0)
-                seen.append((inp, stat))
+                entry = (inp, x.T @ x if statistic == "xtx" else jnp.sum(x * x, axis=0), [])
+                seen.append(entry)
             key = "/".join(context.module.path)
-            stats[key] = stats[key] + stat if key in stats else stat
+            entry[2].append(key)
+            stats[key] = stats[key] + entry[1] if key in stats else entry[1]
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
         out = fn()
-    return out, stats
+    calls = [k for e in seen for k in e[2]]
+    groups: list[tuple[str, ...]] = []
+    for e in seen:
+        if all(calls.count(k) == 1 for k in e[2]):
+            groups.append(tuple(e[2]))
+        else:
+            groups.extend((k,) for k in e[2] if (k,) not in groups)
+    return out, stats, tuple(groups)
 
 
 def _block(cfg: ModelConfig, layer: int) -> Block:
@@ -102,6 +114,25 @@ def block_stats(cfg: ModelConfig, layer: int, statistic: str, block_params: PyTr
 
     first = body(None, x[0])[0]
     return _constrain(jax.lax.scan(body, first, x[1:])[0] if x.shape[0] > 1 else first, out_sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def input_groups(cfg: ModelConfig, layer: int) -> tuple[tuple[str, ...], ...]:
+    """The linear layers of block ``layer`` grouped by the input they are fed, e.g.
+    ``("attn/q_proj", "attn/k_proj", "attn/v_proj")``: layers of one group share their
+    statistic (found by an abstract trace of the block, no compute)."""
+    block = _block(cfg, layer)
+    x = jax.ShapeDtypeStruct((1, 1, cfg.d_model), jnp.dtype(cfg.dtype))
+    params = jax.eval_shape(lambda x: block.init(jax.random.key(0), x, True), x)["params"]
+    found = []
+
+    def trace(p, x):
+        _, stats, groups = _capture(lambda: block.apply({"params": p}, x, True), "sq_norm")
+        found.append(groups)
+        return stats
+
+    jax.eval_shape(trace, params, x)
+    return found[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 4))
@@ -199,7 +230,7 @@ def calibrate_and_prune(
         if on_block is not None:
             on_block(i, stats)
         if prune_layer is not None and bm is not None:
-            bp, bm = _prune_block(bp, bm, stats, n_tokens, prune_layer)
+            bp, bm = _prune_block(bp, bm, stats, n_tokens, prune_layer, input_groups(cfg, layer))
             params[name], masks[name] = bp, bm
         xs = [(block_forward(cfg, layer, bp, x, sh), sh) for x, sh in xs]
     return params, masks
@@ -235,20 +266,33 @@ def _flat(tree: PyTree) -> list[tuple[str, Any]]:
 
 
 def _prune_block(bp: PyTree, bm: PyTree, stats: dict[str, jax.Array], n_tokens: int,
-                 prune_layer: LayerPruneFn) -> tuple[PyTree, PyTree]:
+                 prune_layer: LayerPruneFn, groups: tuple[tuple[str, ...], ...] = ()) -> tuple[PyTree, PyTree]:
+    """Every masked kernel of the block pruned by ``prune_layer``; kernels of one group of ``groups``
+    (layers fed the same input) together through ``prune_layer.group`` when it has one."""
     flat_m, treedef = jax.tree_util.tree_flatten_with_path(bm, is_leaf=lambda v: v is None)
     flat_p = treedef.flatten_up_to(bp)
-    new_p, new_m = [], []
-    for (path, mk), w in zip(flat_m, flat_p):
-        key = _key(path)
+    new_p, new_m = list(flat_p), [None] * len(flat_m)
+    todo: dict[str, list[int]] = {}  # module -> indices of its masked kernel leaves
+    for j, (path, mk) in enumerate(flat_m):
         if mk is None:
-            new_p.append(w)
-            new_m.append(None)
             continue
+        key = _key(path)
         module, _, leaf = key.rpartition("/")
         if leaf != "kernel" or module not in stats:
             raise ValueError(f"calibrated pruning: {key} is not the kernel of a linear layer in the block")
-        w2, m2 = prune_layer(key, w, mk, stats[module], n_tokens)
-        new_p.append(w2.astype(w.dtype))
-        new_m.append(m2)
+        todo.setdefault(module, []).append(j)
+    grouped = [tuple(mod for mod in g if mod in todo) for g in groups] if hasattr(prune_layer, "group") else []
+    grouped = [g for g in grouped if len(g) > 1]
+    in_group = {mod for g in grouped for mod in g}
+    calls = [(g, True) for g in grouped] + [((mod,), False) for mod in todo if mod not in in_group]
+    for mods, together in calls:
+        idx = [j for mod in mods for j in todo[mod]]
+        keys = [_key(flat_m[j][0]) for j in idx]
+        kernels, masks_in = [flat_p[j] for j in idx], [flat_m[j][1] for j in idx]
+        if together:
+            out = prune_layer.group(keys, kernels, masks_in, stats[mods[0]], n_tokens)
+        else:
+            out = [prune_layer(k, w, mk, stats[mods[0]], n_tokens) for k, w, mk in zip(keys, kernels, masks_in)]
+        for j, (w2, m2) in zip(idx, out):
+            new_p[j], new_m[j] = w2.astype(flat_p[j].dtype), m2
     return jax.tree_util.tree_unflatten(treedef, new_p), jax.tree_util.tree_unflatten(treedef, new_m)

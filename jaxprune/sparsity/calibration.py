@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxprune.sparsity.select import num_to_prune
-from jaxprune.sparsity.sparsegpt import sparsegpt_prune_layer
+from jaxprune.sparsity.sparsegpt import sparsegpt_prune_layer, sparsegpt_prune_layers
 from jaxprune.sparsity.wanda import _nm_mask, prune_per_output, wanda_prune_layer
 
 CALIBRATED_METHODS = ("wanda", "sparsegpt")
@@ -66,6 +66,17 @@ def _prune_layer(kernel: jax.Array, mask: jax.Array, stat: jax.Array, n_tokens: 
     w, keep = _prune_kernel(split.to_columns(kernel), split.to_columns(mask), stat, n_tokens, method=method,
                             rate=rate, pattern=pattern, n=n, m=m, blocksize=blocksize, damp=damp)
     return split.back(w), split.back(keep)
+
+
+@functools.partial(jax.jit, static_argnames=("rate", "pattern", "n", "m", "blocksize", "damp"))
+def _sparsegpt_group(kernels: tuple[jax.Array, ...], masks: tuple[jax.Array, ...], stat: jax.Array,
+                     n_tokens: jax.Array, *, rate: float, pattern: str, n: int, m: int, blocksize: int,
+                     damp: float) -> list[tuple[jax.Array, jax.Array]]:
+    """SparseGPT on kernels fed the same inputs, one factorization and column loop for all
+    (:func:`jaxprune.sparsity.sparsegpt.sparsegpt_prune_layers`); kernels keep their dtypes."""
+    out = sparsegpt_prune_layers(kernels, masks, stat, n_tokens, [num_to_prune(rate, k.size) for k in kernels],
+                                 pattern=pattern, n=n, m=m, blocksize=blocksize, damp=damp)
+    return [(w.astype(k.dtype), keep) for (w, keep), k in zip(out, kernels)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +178,9 @@ def layer_pruner(
     needs (``"xtx"`` for SparseGPT, ``"sq_norm"`` otherwise), which
     :func:`jaxprune.models.capture.calibrate_and_prune` then collects. The returned mask
     is a subset of ``mask`` and the kernel is zero wherever the mask is False.
+    ``fn.group(paths, kernels, masks, stat, n_tokens)`` prunes several kernels that share
+    one statistic (q/k/v, gate/up) and returns their ``(kernel, mask)`` pairs, the same as
+    ``fn`` on each (SparseGPT computes the shared inverse Hessian factor once).
 
     A kernel sharded over a mesh is pruned on all its devices, its outputs split over
     them (:func:`output_split`), and comes back in its own sharding: no full kernel is
@@ -182,5 +196,15 @@ def layer_pruner(
         return _prune_layer(kernel, mask, xtx, jnp.asarray(n_tokens, jnp.float32), method=method, rate=float(rate),
                             pattern=pattern, n=n, m=m, blocksize=blocksize, damp=damp, split=output_split(kernel))
 
+    def group(paths: list[str], kernels: list[jax.Array], masks: list[jax.Array], xtx: jax.Array,
+              n_tokens: int) -> list[tuple[jax.Array, jax.Array]]:
+        """``fn`` for kernels fed the same inputs (one statistic): SparseGPT prunes unsharded ones
+        together (same results as one by one, see ``sparsegpt_prune_layers``), the rest go one by one."""
+        if method != "sparsegpt" or len(kernels) < 2 or any(output_split(k) is not None for k in kernels):
+            return [fn(p, k, mk, xtx, n_tokens) for p, k, mk in zip(paths, kernels, masks)]
+        return _sparsegpt_group(tuple(kernels), tuple(masks), xtx, jnp.asarray(n_tokens, jnp.float32),
+                                rate=float(rate), pattern=pattern, n=n, m=m, blocksize=blocksize, damp=damp)
+
     fn.statistic = "xtx" if method == "sparsegpt" else "sq_norm"
+    fn.group = group
     return fn
