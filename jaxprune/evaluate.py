@@ -9,7 +9,9 @@ takes every stage in the run's results.jsonl. The run may still be running: only
 written (OUT defaults to the run directory). For each stage, the tables go to
 OUT/eval/<stage>.evaluate.<task>...{md,json} (the run's own eval/<stage>.* tables stay as they
 are) and one line {"stage", "eval", "metrics"} is appended to OUT/eval/evaluations.jsonl;
-`python -m jaxprune.report WORKDIR` merges these lines into its tables and plots.
+`python -m jaxprune.report WORKDIR` merges these lines into its tables and plots. With
+`--config.eval.shots=K` (K > 0) the task metrics are recorded as <task>_<K>shot_<metric> and the
+tables' name ends in .<K>shot, so they sit beside the zero-shot ones.
 Exit codes and error lines follow `jaxprune.main` (2 for a config, data or workdir problem).
 """
 
@@ -34,6 +36,22 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     with cli.user_errors():
         evaluate(_CONFIG.value, Path(_WORKDIR.value), _STAGES.value, Path(_OUT.value or _WORKDIR.value))
+
+
+def few_shot_names(metrics: dict, tasks: list[str], shots: int) -> dict:
+    """Task metrics of a k-shot evaluation renamed <task>_<k>shot_<metric>, so that they sit beside the
+    zero-shot <task>_<metric> in the run's report instead of replacing them (held-out and corpus perplexities
+    keep their names)."""
+    from jaxprune.evaluation.perplexity import CORPORA  # whole-text perplexities take no shots
+
+    tasks = [t for t in tasks if t not in CORPORA]
+    if not shots or not tasks:
+        return metrics
+    out = {}
+    for k, v in metrics.items():
+        task = next((t for t in tasks if k.startswith(t + "_")), None)
+        out[f"{task}_{shots}shot_{k[len(task) + 1:]}" if task else k] = v
+    return out
 
 
 def evaluate(config, workdir: Path, stage_names: list[str], out: Path) -> None:
@@ -63,8 +81,10 @@ def evaluate(config, workdir: Path, stage_names: list[str], out: Path) -> None:
         if state is None:
             raise CheckpointError(f"{exp.workdir / name} has no checkpoint")
         # Its own table name, so the stage's tables from the run (and other evaluations) are kept.
-        tag = ".".join([name, "evaluate", *[t for t in config.eval.tasks if t != "heldout"]])
-        metrics = exp.evaluate(state.params, tag=tag, out_dir=out)
+        tasks = [t for t in config.eval.tasks if t != "heldout"]
+        shots = int(config.eval.shots)
+        tag = ".".join([name, "evaluate", *tasks] + ([f"{shots}shot"] if shots else []))
+        metrics = few_shot_names(exp.evaluate(state.params, tag=tag, out_dir=out), tasks, shots)
         append_jsonl(out / EVALUATIONS, {"stage": name, "eval": exp._eval_settings(), "metrics": metrics})
         print(f"[{name}] " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)),
               flush=True)

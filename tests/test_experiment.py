@@ -205,6 +205,16 @@ def test_evaluate_cli_scores_finished_checkpoints(finished_run, tmp_path):
     assert (tmp_path / "eval" / "prune_2.evaluate.wikitext2.md").is_file()
 
 
+def test_evaluate_names_few_shot_metrics_apart_from_zero_shot_ones():
+    from jaxprune.evaluate import few_shot_names
+    m = {"heldout_ppl": 50.0, "nq_open_em": 0.1, "nq_open_em_stderr": 0.01, "nq_open_n": 200, "wikitext2_ppl": 30.0,
+         "books_test_ppl": 40.0}
+    assert few_shot_names(m, ["nq_open", "wikitext2", "books_test"], 5) == {
+        "heldout_ppl": 50.0, "nq_open_5shot_em": 0.1, "nq_open_5shot_em_stderr": 0.01, "nq_open_5shot_n": 200,
+        "wikitext2_ppl": 30.0, "books_test_ppl": 40.0}
+    assert few_shot_names(m, ["nq_open"], 0) == m
+
+
 @pytest.mark.parametrize("variant", ["iter=sparsegpt", "iter=wanda,kd", "iter=magnitude,ce+kd",
                                      "oneshot=sparsegpt,kd", "nofinetune=wanda", "gpu=sparsegpt,ce+kd"])
 def test_smollm2_recovery_variants_are_valid_configs(variant, data_dir, tmp_path):

@@ -26,7 +26,9 @@ from jaxprune.report import load_run  # noqa: E402  (standard library only: no J
 PPL = (("heldout_ppl", "books valid ppl"), ("wikitext2_ppl", "WikiText-2 ppl"), ("books_test_ppl", "books test ppl"),
        ("lambada_ppl", "LAMBADA ppl"))
 ACC = (("lambada_acc", "LAMBADA acc"), ("hellaswag_acc", "HellaSwag acc"), ("storycloze_acc", "StoryCloze acc"),
-       ("nq_open_em", "NQ EM"), ("webquestions_em", "WebQ EM"), ("triviaqa_em", "TriviaQA EM"))
+       ("nq_open_em", "NQ EM"), ("webquestions_em", "WebQ EM"), ("triviaqa_em", "TriviaQA EM"),
+       ("nq_open_5shot_em", "NQ EM 5-shot"), ("webquestions_5shot_em", "WebQ EM 5-shot"),
+       ("triviaqa_5shot_em", "TriviaQA EM 5-shot"))
 PPL_KEYS = {k for k, _ in PPL}
 PPL_TOL, ACC_TOL = 1.05, 0.02
 
