@@ -120,3 +120,11 @@ def test_calibration_with_groups_equals_layer_by_layer(pattern):
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
     assert sparsity.overall_sparsity(m1) == 0.5
+
+
+@pytest.mark.parametrize("d, panel", [(20, 32), (50, 32), (100, 32), (96, 16)])
+def test_gram_by_upper_panels_equals_full_product(d, panel):
+    x = np.random.default_rng(d).normal(size=(64, d)).astype(np.float32)
+    got = np.asarray(capture.gram(jnp.asarray(x), panel))
+    np.testing.assert_allclose(got, x.astype(np.float64).T @ x, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(got, got.T)
