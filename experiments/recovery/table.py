@@ -8,7 +8,9 @@
    and exact matches carry one standard error: the run's own `<metric>_stderr`, or for runs that
    predate it the same quantity from the accuracy and n (exact for 0/1 outcomes).
 2. "Which rate each task tolerates": per arm and task, the highest sparsity whose metric stays within
-   5 % of the dense model's perplexity, or within 0.02 of its accuracy (and every lower rate too).
+   5 % of the dense model's perplexity, or within 0.02 of its accuracy (and every lower rate too);
+   "< R" when already the arm's lowest rate R fails, "n/a" when the dense model is itself within 0.02
+   of zero (no drop could show), "—" when the arm was not evaluated on the task.
 Every number is read from the runs' results.jsonl, eval/evaluations.jsonl (`jaxprune.evaluate` of
 more tasks on the stages' checkpoints) and config.json.
 """
@@ -111,16 +113,23 @@ def tables(runs: list[Path]) -> str:
         pruned = sorted((m for m in all_models if m["arm"] == arm and m["kind"] == "pruned"), key=lambda m: m["sparsity"])
         cells = []
         for k, _ in cols:
-            best = 0.0
+            scored = [m for m in pruned if k in m["metrics"]]
+            if not scored or k not in dense:
+                cells.append("—")  # not evaluated
+                continue
+            if k not in PPL_KEYS and dense[k] <= ACC_TOL:
+                cells.append("n/a (dense at floor)")  # no drop of 0.02 can be seen
+                continue
+            best = None
             for m in pruned:
                 v = m["metrics"].get(k)
-                if v is None or k not in dense:
-                    break
+                if v is None:
+                    break  # not evaluated at this rate: the claim stops at the last rate that was
                 ok = v <= dense[k] * PPL_TOL if k in PPL_KEYS else v >= dense[k] - ACC_TOL
                 if not ok:
                     break
                 best = m["sparsity"]
-            cells.append(f"{best:.0%}")
+            cells.append(f"{best:.0%}" if best is not None else f"< {pruned[0]['sparsity']:.0%}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
