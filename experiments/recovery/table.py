@@ -27,7 +27,8 @@ from jaxprune.report import load_run  # noqa: E402  (standard library only: no J
 
 PPL = (("heldout_ppl", "books valid ppl"), ("wikitext2_ppl", "WikiText-2 ppl"), ("books_test_ppl", "books test ppl"),
        ("lambada_ppl", "LAMBADA ppl"))
-ACC = (("lambada_acc", "LAMBADA acc"), ("hellaswag_acc", "HellaSwag acc"), ("storycloze_acc", "StoryCloze acc"),
+ACC = (("lambada_acc", "LAMBADA acc"), ("hellaswag_acc", "HellaSwag acc"), ("hellaswag_acc_norm", "HellaSwag acc_norm"),
+       ("storycloze_acc", "StoryCloze acc"), ("storycloze_acc_norm", "StoryCloze acc_norm"),
        ("nq_open_em", "NQ EM"), ("webquestions_em", "WebQ EM"), ("triviaqa_em", "TriviaQA EM"),
        ("nq_open_5shot_em", "NQ EM 5-shot"), ("webquestions_5shot_em", "WebQ EM 5-shot"),
        ("triviaqa_5shot_em", "TriviaQA EM 5-shot"))
@@ -60,7 +61,9 @@ def stderr(metrics: dict, key: str) -> float | None:
     """The metric's standard error as recorded, or for a mean of 0/1 outcomes from the mean and n."""
     if f"{key}_stderr" in metrics:
         return metrics[f"{key}_stderr"]
-    n = metrics.get(key.rsplit("_", 1)[0] + "_n")
+    parts = key.split("_")
+    n = next((metrics[f] for f in ("_".join(parts[:i]) + "_n" for i in range(len(parts) - 1, 0, -1)) if f in metrics),
+             None)
     if key in PPL_KEYS or not n or n < 2:
         return None
     p = metrics[key]
