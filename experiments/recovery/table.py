@@ -9,8 +9,9 @@
    predate it the same quantity from the accuracy and n (exact for 0/1 outcomes).
 2. "Which rate each task tolerates": per arm and task, the highest sparsity whose metric stays within
    5 % of the dense model's perplexity, or within 0.02 of its accuracy (and every lower rate too);
-   "< R" when already the arm's lowest rate R fails, "n/a" when the dense model is itself within 0.02
-   of zero (no drop could show), "—" when the arm was not evaluated on the task.
+   "< R" when already the arm's lowest evaluated rate R fails, "*" when the task was evaluated at only
+   some of the arm's rates, "n/a" when the dense model is itself within 0.02 of zero (no drop could
+   show), "—" when the arm was not evaluated on the task.
 Every number is read from the runs' results.jsonl, eval/evaluations.jsonl (`jaxprune.evaluate` of
 more tasks on the stages' checkpoints) and config.json.
 """
@@ -112,28 +113,32 @@ def tables(runs: list[Path]) -> str:
               f"stays within {PPL_TOL - 1:.0%} of the dense model's, or accuracy within {ACC_TOL} of it.", "",
               "| arm | " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * (len(cols) + 1)]
     arms = dict.fromkeys(m["arm"] for m in all_models if m["kind"] == "pruned")
+    partial = False
     for arm in arms:
         pruned = sorted((m for m in all_models if m["arm"] == arm and m["kind"] == "pruned"), key=lambda m: m["sparsity"])
         cells = []
         for k, _ in cols:
             scored = [m for m in pruned if k in m["metrics"]]
+            if k in dense and k not in PPL_KEYS and dense[k] <= ACC_TOL:
+                cells.append("n/a (dense at floor)")  # no drop of 0.02 could show
+                continue
             if not scored or k not in dense:
                 cells.append("—")  # not evaluated
                 continue
-            if k not in PPL_KEYS and dense[k] <= ACC_TOL:
-                cells.append("n/a (dense at floor)")  # no drop of 0.02 can be seen
-                continue
             best = None
-            for m in pruned:
-                v = m["metrics"].get(k)
-                if v is None:
-                    break  # not evaluated at this rate: the claim stops at the last rate that was
-                ok = v <= dense[k] * PPL_TOL if k in PPL_KEYS else v >= dense[k] - ACC_TOL
-                if not ok:
+            for m in scored:
+                v = m["metrics"][k]
+                if not (v <= dense[k] * PPL_TOL if k in PPL_KEYS else v >= dense[k] - ACC_TOL - 1e-9):
                     break
                 best = m["sparsity"]
-            cells.append(f"{best:.0%}" if best is not None else f"< {pruned[0]['sparsity']:.0%}")
+            cell = f"{best:.0%}" if best is not None else f"< {scored[0]['sparsity']:.0%}"
+            if len(scored) < len(pruned):  # the claim covers only the evaluated rates
+                cell += "*"
+                partial = True
+            cells.append(cell)
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if partial:
+        lines += ["", "\\* evaluated at only some of the arm's rates (see the first table): the claim covers those."]
     return "\n".join(lines) + "\n"
 
 
