@@ -285,7 +285,8 @@ def test_new_eval_task_on_a_finished_run_is_evaluated_and_reported(make_config, 
         capsys.readouterr().err
     lines = [json.loads(x) for x in (workdir / "eval" / "evaluations.jsonl").read_text().splitlines()]
     assert [(x["stage"], sorted(x["metrics"])) for x in lines] == [
-        ("dense", ["wikitext2_loss", "wikitext2_ppl", "wikitext2_tokens", "wikitext2_windows"])]
+        ("dense", ["wikitext2_loss", "wikitext2_ppl", "wikitext2_ppl_stderr", "wikitext2_tokens",
+                   "wikitext2_windows"])]
     assert lines[0]["metrics"]["wikitext2_windows"] == 2
     experiment.run(more, workdir, progress=False)  # nothing missing any more: nothing evaluated
     assert len((workdir / "eval" / "evaluations.jsonl").read_text().splitlines()) == 1
