@@ -74,15 +74,15 @@ def evaluate(config, workdir: Path, stage_names: list[str], out: Path) -> None:
         problems.append(f"{exp.workdir} has no finished stage yet")
     if problems:
         raise ConfigError("; ".join(problems))
+    # Each stage's tables get their own name, so the run's own tables (and other evaluations') are kept.
+    tasks = [t for t in config.eval.tasks if t != "heldout"]
+    shots = int(config.eval.shots)
     for name in names:
         stage = stages[name]
         abstract = exp._abstract_state(stage, masked=stage.kind == "pruned")
         state = final_state(exp.workdir / name, abstract, {"digest": exp.digest, "phase": name})
         if state is None:
             raise CheckpointError(f"{exp.workdir / name} has no checkpoint")
-        # Its own table name, so the stage's tables from the run (and other evaluations) are kept.
-        tasks = [t for t in config.eval.tasks if t != "heldout"]
-        shots = int(config.eval.shots)
         tag = ".".join([name, "evaluate", *tasks] + ([f"{shots}shot"] if shots else []))
         metrics = few_shot_names(exp.evaluate(state.params, tag=tag, out_dir=out), tasks, shots)
         append_jsonl(out / EVALUATIONS, {"stage": name, "eval": exp._eval_settings(), "metrics": metrics})
