@@ -190,6 +190,11 @@ def _label(metric: str) -> str:
     return f"{metric} ({better})"
 
 
+def _stderrs(rows: list[dict], m: str) -> list[float]:
+    """The recorded standard error of metric ``m`` in each row (0 where none was recorded): error bars of 1 SE."""
+    return [r["metrics"].get(f"{m}_stderr", 0.0) for r in rows]
+
+
 def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> list[str]:
     """One PNG per metric that varies (metric vs sparsity) and layer_sparsity.png; returns the file names."""
     import matplotlib
@@ -209,13 +214,15 @@ def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> 
             colour = colours[i % len(colours)]
             dense = next((r for r in rows if r["kind"] == "dense" and m in r["metrics"]), None)
             if dense is not None:
-                dense_lines.setdefault(dense["metrics"][m], []).append((run, colour))
+                key = (dense["metrics"][m], dense["metrics"].get(f"{m}_stderr", 0.0))
+                dense_lines.setdefault(key, []).append((run, colour))
             chain = sorted((r for r in rows if r["kind"] in ("dense", "pruned") and m in r["metrics"]),
                            key=lambda r: r["sparsity"])
             if chain:
-                ax.plot([r["sparsity"] for r in chain], [r["metrics"][m] for r in chain], color=colour,
-                        marker="o", label=f"{run}: pruned" + (" + fine-tuned" if any(
-                            r.get("finetune_steps") for r in chain) else ""))
+                ax.errorbar([r["sparsity"] for r in chain], [r["metrics"][m] for r in chain],
+                            yerr=_stderrs(chain, m), color=colour, marker="o", capsize=2,
+                            label=f"{run}: pruned" + (" + fine-tuned" if any(
+                                r.get("finetune_steps") for r in chain) else ""))
             before = sorted((r["sparsity"], r["metrics_before_finetune"][m]) for r in chain
                             if m in r.get("metrics_before_finetune", {}))
             if before:
@@ -223,18 +230,25 @@ def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> 
                         marker="o", markerfacecolor="white", label=f"{run}: pruned, before fine-tuning")
             # Each control sits at the sparsity of the pruned stage with the same fine-tuning budget.
             pairs = [(r["sparsity"], control_for(r, rows)) for r in chain]
-            pairs = tuple(sorted((x, c["metrics"][m]) for x, c in pairs if c is not None and m in c["metrics"]))
+            pairs = tuple(sorted((x, c["metrics"][m], c["metrics"].get(f"{m}_stderr", 0.0))
+                                 for x, c in pairs if c is not None and m in c["metrics"]))
             if pairs:
                 control_lines.setdefault(pairs, []).append((run, colour))
-        for value, owners in dense_lines.items():
+        for (value, se), owners in dense_lines.items():
             shared = len(owners) > 1
-            ax.axhline(value, color="0.4" if shared else owners[0][1], linestyle=":", linewidth=1,
+            colour = "0.4" if shared else owners[0][1]
+            ax.axhline(value, color=colour, linestyle=":", linewidth=1,
                        label="dense" + (f" (shared by {len(owners)} runs)" if shared else f" ({owners[0][0]})"))
+            if se:
+                ax.axhspan(value - se, value + se, color=colour, alpha=0.1, linewidth=0)
         for pairs, owners in control_lines.items():
             shared = len(owners) > 1
-            ax.plot([x for x, _ in pairs], [y for _, y in pairs], color="0.4" if shared else owners[0][1],
-                    linestyle="--", marker="x", label="control: dense + same fine-tuning steps" + (
-                        f" (shared by {len(owners)} runs)" if shared else f" ({owners[0][0]})"))
+            # drawn a little right of their stages so that their error bars do not hide the pruned ones
+            ax.errorbar([x + 0.008 for x, _, _ in pairs], [y for _, y, _ in pairs], yerr=[e for _, _, e in pairs],
+                        color="0.4" if shared else owners[0][1], linestyle="--", marker="x", capsize=2,
+                        label="control: dense + same fine-tuning steps" + (
+                            f" (shared by {len(owners)} runs)" if shared else f" ({owners[0][0]})"))
+        ax.set_xlim(-0.02, max([0.1] + [r["sparsity"] for rows in runs.values() for r in rows]) + 0.03)
         ax.set_xlabel("sparsity of prunable weights")
         ax.set_ylabel(_label(m))
         ax.set_title(f"{m} vs sparsity")

@@ -138,6 +138,7 @@ def test_report_renders_from_fixture(tmp_path):
     assert "| run | prune_1 | 0.5000 | 500 | 10 | 45 | +5 | +7 | 0.15 ± 0.0357 | -0.05 | -0.07 |" in text
     assert "| run | dense | 0.0000 | 1000 | 0 | 40 |  |  | 0.2 |  |  |" in text
     assert "stderr_vs_sparsity" not in text
+    assert report._stderrs(rows, "lambada_acc") == [0.0, 0.0357, 0.0]  # the error bars drawn: 1 SE, 0 where none
     for png in ("heldout_ppl_vs_sparsity.png", "lambada_acc_vs_sparsity.png", "layer_sparsity.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     csv_lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
