@@ -64,6 +64,36 @@ def radix_widths(bits: int = 32, selections: int = 1) -> tuple[int, ...]:
     return tuple(base + (i < extra) for i in range(passes))
 
 
+def _digit_search(hist: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per row of a (num, buckets) histogram: the bucket holding the ``rank``-th entry, the
+    rank within that bucket and the bucket's count."""
+    cum = jnp.cumsum(hist, axis=1)
+    digit = jnp.minimum(jnp.sum(cum < rank[:, None], axis=1, dtype=jnp.int32), hist.shape[1] - 1)
+    below = jnp.where(digit > 0, jnp.take_along_axis(cum, jnp.maximum(digit - 1, 0)[:, None], 1)[:, 0], 0)
+    return digit, rank - below, jnp.take_along_axis(hist, digit[:, None], 1)[:, 0]
+
+
+def _unstack(v: jax.Array) -> tuple[jax.Array, ...]:
+    """The entries of a small vector as separate scalars, produced by one loop that rotates them
+    into place. Indexing ``v[i]`` (or using a Python constant) would fold each ``i`` into the
+    kernel that consumes it, so that same-shaped arrays would each get their own compiled
+    kernel; as results of the loop they are runtime values and share one kernel per shape."""
+    v = jnp.asarray(v)
+    n = v.shape[0]
+    if n == 1:
+        return (v[0],)
+    return jax.lax.fori_loop(0, n, lambda i, c: c[1:] + (v[i],), tuple(jnp.zeros((), v.dtype) for _ in range(n)))
+
+
+def _flat_index(shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """Row-major flat index of every entry (elementwise, so it shards like the array)."""
+    idx, stride = jnp.zeros(shape, dtype), 1
+    for d in reversed(range(len(shape))):
+        idx = idx + jax.lax.broadcasted_iota(dtype, shape, d) * np.asarray(stride, dtype)
+        stride *= shape[d]
+    return idx
+
+
 class _Stack(NamedTuple):
     """Same-shaped arrays stacked on a new axis 0, so that each pass is one scatter per shape."""
 
@@ -74,9 +104,11 @@ class _Stack(NamedTuple):
 
 
 def _stacks(shapes: Sequence[tuple[int, ...]], selection: Sequence[int]) -> list[_Stack]:
+    """Non-empty arrays grouped by shape, in order of first appearance."""
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, s in enumerate(shapes):
-        by_shape.setdefault(tuple(s), []).append(i)
+        if int(np.prod(s)):
+            by_shape.setdefault(tuple(s), []).append(i)
     start, seen = [], {}
     for i, s in enumerate(shapes):
         start.append(seen.get(selection[i], 0))
@@ -96,82 +128,108 @@ def _per_member(v: jax.Array, ndim: int) -> jax.Array:
     return v.reshape(v.shape + (1,) * ndim)
 
 
-def _radix_select(values: Sequence[jax.Array], valid: Sequence[jax.Array | None], stacks: Sequence[_Stack],
-                  num: int, k: jax.Array, total_bits: int, widths: Sequence[int]):
-    """Per selection ``s < num``: the ``k[s]``-th smallest (1-based, ``1 <= k[s] <=`` its number
-    of valid entries) valid value of the stacked ``values`` whose members belong to ``s``.
+class _Pass(NamedTuple):
+    """Loop state of :func:`_radix_select`."""
 
-    Returns ``(value, rank, ties)``, each ``(num,)``: the value, ``k - #(valid values below
-    it)`` (its 1-based rank among the entries equal to it) and ``#(valid values equal to
-    it)``. One pass per digit; each pass is one scatter-add per stack into a histogram of
-    ``num * 2**bits`` buckets, counting only entries whose higher digits match the
-    selection's prefix found so far. Under SPMD every device counts its own shard and only
-    histograms are summed across devices.
+    p: jax.Array  # pass index: passes over the keys, then (tie-break) over the positions of the ties
+    prefix: jax.Array  # (num,) uint32: digits found so far, in place
+    rank: jax.Array  # (num,) int32: rank still to find among the entries matching ``prefix``
+    ties: jax.Array  # (num,) int32: entries equal to the key threshold (once the key passes are done)
+    key: jax.Array  # (num,) uint32: the key threshold (once the key passes are done)
+
+
+def _radix_select(values: Sequence[jax.Array], stacks: Sequence[_Stack], num: int, k: jax.Array,
+                  tie_break: bool) -> tuple[jax.Array, jax.Array]:
+    """Per selection ``s < num``: the ``k[s]``-th smallest (1-based, ``1 <= k[s] <=`` its number
+    of entries) uint32 key of the stacked ``values`` whose members belong to ``s``.
+
+    Returns ``(key, last)``, each ``(num,)``: the key and, with ``tie_break``, the position of
+    the last entry equal to it among the ``k[s]`` smallest when entries are ordered by (key,
+    position); 0xFFFFFFFF when every selection takes all its ties (then the position passes
+    are skipped) and without ``tie_break``.
+
+    One pass per digit (see :func:`radix_widths`); each pass is one scatter-add per stack into
+    a histogram of ``num * 2**bits`` buckets, counting only entries whose higher digits match
+    the selection's prefix found so far. Under SPMD every device counts its own shard and only
+    histograms are summed across devices. The passes are the iterations of one while loop
+    (keys first, then the positions of the ties, with the same digits), so that each kernel is
+    compiled once however many passes run.
     """
-    prefix = jnp.zeros((num,), jnp.uint32)
-    rank = k
-    ties = jnp.zeros((num,), jnp.int32)
-    shift = total_bits
-    for bits in widths:
-        shift -= bits
-        size = 1 << bits
+    widths = radix_widths(32, num)
+    passes, size = len(widths), 1 << widths[0]
+    shifts = np.asarray([sum(widths[i + 1:]) for i in range(passes)], np.uint32)
+    digit_mask = np.asarray([(1 << w) - 1 for w in widths], np.uint32)
+    # the bits of the digits found before each pass
+    above = np.asarray([(0xFFFFFFFF << (int(s) + w)) & 0xFFFFFFFF for s, w in zip(shifts, widths)], np.uint32)
+
+    def member(v: jax.Array, st: _Stack, ndim: int) -> jax.Array:
+        return _per_member(v[st.selection] if num > 1 else jnp.broadcast_to(v, (len(st.members),)), ndim)
+
+    def body(c: _Pass) -> _Pass:
+        j = c.p % passes
+        key_pass = c.p < passes
+        shift, dmask, hi = jnp.asarray(shifts)[j], jnp.asarray(digit_mask)[j], jnp.asarray(above)[j]
         hist = jnp.zeros((num * size,), jnp.int32)
-        for v, ok, st in zip(values, valid, stacks):
-            digit = ((v >> np.uint32(shift)) & np.uint32(size - 1)).astype(jnp.int32)
+        for v, st in zip(values, stacks):
+            nd = v.ndim - 1
+            if tie_break:
+                # The offsets are zeroed in the key passes so that the positions are not loop-invariant:
+                # they would be hoisted out of the loop and kept in memory.
+                off = jnp.where(key_pass, jnp.uint32(0), jnp.asarray(st.offset))
+                pos = _per_member(off, nd) + _flat_index(v.shape[1:], jnp.uint32)
+                val = jnp.where(key_pass, v, pos)
+                keep = ((val & hi) == member(c.prefix, st, nd)) & (key_pass | (v == member(c.key, st, nd)))
+            else:
+                val = v
+                keep = (val & hi) == member(c.prefix, st, nd)
+            digit = ((val >> shift) & dmask).astype(jnp.int32)
             if num > 1:
-                digit = digit + _per_member(jnp.asarray(st.selection * size), v.ndim - 1)
-            keep = ok
-            if shift + bits < total_bits:
-                match = (v >> np.uint32(shift + bits)) == _per_member(prefix[st.selection], v.ndim - 1)
-                keep = match if keep is None else keep & match
-            if keep is not None:
-                digit = jnp.where(keep, digit, num * size)  # out of range: dropped
-            hist = hist + jnp.zeros((num * size,), jnp.int32).at[digit].add(1, mode="drop")
-        hist = hist.reshape(num, size)
-        cum = jnp.cumsum(hist, axis=1)
-        digit = jnp.minimum(jnp.sum(cum < rank[:, None], axis=1, dtype=jnp.int32), size - 1)
-        below = jnp.where(digit > 0, jnp.take_along_axis(cum, jnp.maximum(digit - 1, 0)[:, None], 1)[:, 0], 0)
-        rank = rank - below
-        ties = jnp.take_along_axis(hist, digit[:, None], 1)[:, 0]
-        prefix = (prefix << np.uint32(bits)) | digit.astype(jnp.uint32)
-    return prefix, rank, ties
+                digit = digit + _per_member(jnp.asarray(st.selection * size), nd)
+            hist = hist.at[jnp.where(keep, digit, num * size)].add(1, mode="drop")  # out of range: dropped
+        digit, rank, ties = _digit_search(hist.reshape(num, size), c.rank)
+        prefix = c.prefix | (digit.astype(jnp.uint32) << shift)
+        keys_done = c.p == passes - 1
+        return _Pass(c.p + 1, jnp.where(keys_done, jnp.uint32(0), prefix), rank,
+                     jnp.where(keys_done, ties, c.ties), jnp.where(keys_done, prefix, c.key))
+
+    def more(c: _Pass) -> jax.Array:
+        # The position passes are only needed when a threshold value is shared by more entries
+        # than are still to be taken; they are skipped in the common (continuous-score) case.
+        if not tie_break:
+            return c.p < passes
+        return (c.p < passes) | ((c.p < 2 * passes) & jnp.any(c.ties > c.rank))
+
+    zeros = jnp.zeros((num,), jnp.uint32)
+    c = jax.lax.while_loop(more, body, _Pass(jnp.int32(0), zeros, k, jnp.zeros((num,), jnp.int32), zeros))
+    return c.key, jnp.where(c.p > passes, c.prefix, jnp.uint32(0xFFFFFFFF))
 
 
 def _select(keys: Sequence[jax.Array], k: jax.Array, selection: Sequence[int], num: int) -> list[jax.Array]:
     """Boolean arrays marking, for every selection ``s``, its ``min(k[s], size)`` smallest keys;
-    ``keys[i]`` belongs to selection ``selection[i]``. Ties go to the lowest position."""
+    ``keys[i]`` belongs to selection ``selection[i]``. Ties go to the lowest position (array
+    order within the selection, then flat index)."""
     shapes = [tuple(kk.shape) for kk in keys]
     sizes = np.zeros(num, np.int64)
     for s, shp in zip(selection, shapes):
         sizes[s] += int(np.prod(shp))
     if sizes.max(initial=0) >= 2**31:
         raise ValueError("selections of 2**31 or more entries are not supported (int32 counts)")
+    if sizes.max(initial=0) == 0:
+        return [jnp.zeros(s, bool) for s in shapes]
     k = jnp.broadcast_to(jnp.asarray(k, jnp.int32).reshape(-1), (num,))
     take = k > 0
     kc = jnp.clip(k, 1, jnp.asarray(np.maximum(sizes, 1), jnp.int32))
     stacks = _stacks(shapes, selection)
-    nonempty = [st for st in stacks if int(np.prod(st.shape))]
-    stacked = [_stacked(keys, st) for st in nonempty]
-    biggest = int(sizes.max(initial=0))
-    if biggest == 0:
-        return [jnp.zeros(s, bool) for s in shapes]
-    t, rank, n_ties = _radix_select(stacked, [None] * len(stacked), nonempty, num, kc, 32, radix_widths(32, num))
+    t, last = _radix_select([_stacked(keys, st) for st in stacks], stacks, num, kc, tie_break=True)
+    # Per array: its threshold and the last flat index taken among the entries equal to it.
     sel = np.asarray(selection, np.int32)
-
-    def last_tie():
-        # Position of the last tie taken: a radix select over the positions of the ties.
-        nbits = max(1, (biggest - 1).bit_length())
-        pos = [_positions((len(st.members),) + st.shape, st.offset) for st in nonempty]
-        ties = [v == _per_member(t[st.selection], v.ndim - 1) for v, st in zip(stacked, nonempty)]
-        return _radix_select(pos, ties, nonempty, num, rank, nbits, radix_widths(nbits, num))[0]
-
-    # The position search is only needed when a threshold value is shared by more entries
-    # than are still to be taken; skip it in the common (continuous-score) case.
-    last = jax.lax.cond(jnp.any(n_ties > rank), last_tie, lambda: jnp.full((num,), 0xFFFFFFFF, jnp.uint32))
-    t_of, last_of, take_of = t[sel], last[sel], take[sel]
-    offset = {i: off for st in stacks for i, off in zip(st.members, st.offset)}
-    return [((kk < t_of[i]) | ((kk == t_of[i]) & (_positions(kk.shape, offset[i]) <= last_of[i]))) & take_of[i]
-            for i, kk in enumerate(keys)]
+    offset = np.zeros(len(keys), np.int32)
+    for st in stacks:
+        offset[list(st.members)] = st.offset
+    last_all = jnp.where(last == np.uint32(0xFFFFFFFF), np.int32(2**31 - 1), last.astype(jnp.int32))
+    lim = _unstack(jnp.where(take[sel], last_all[sel] - offset, -1))
+    t_of = _unstack(jnp.where(take[sel], t[sel], 0)) if num > 1 else (jnp.where(take[0], t[0], 0),) * len(keys)
+    return [(kk < ti) | ((kk == ti) & (_flat_index(kk.shape, jnp.int32) <= li)) for kk, ti, li in zip(keys, t_of, lim)]
 
 
 def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int) -> jax.Array:
@@ -186,29 +244,15 @@ def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int) -> jax.Array
     k = jnp.asarray(k, jnp.int32)
     if total == 0:
         return jnp.where(k > 0, jnp.uint32(0xFFFFFFFF), jnp.uint32(0))
-    stacks = [st for st in _stacks(shapes, [0] * len(keys)) if int(np.prod(st.shape))]
-    stacked = [_stacked(keys, st) for st in stacks]
-    key, _, _ = _radix_select(stacked, [None] * len(stacked), stacks, 1, jnp.clip(k, 1, total)[None], 32,
-                              radix_widths(32))
+    stacks = _stacks(shapes, [0] * len(keys))
+    key, _ = _radix_select([_stacked(keys, st) for st in stacks], stacks, 1, jnp.clip(k, 1, total)[None],
+                           tie_break=False)
     return jnp.where(k <= 0, jnp.uint32(0), jnp.where(k > total, jnp.uint32(0xFFFFFFFF), key[0]))
 
 
 def kth_smallest(x: jax.Array, k: jax.Array | int) -> jax.Array:
     """The exact k-th smallest value (1-based) of a float array, without sorting."""
     return keys_to_float(kth_smallest_key([order_keys(x)], k))
-
-
-def _positions(shape: tuple[int, ...], offset: Any) -> jax.Array:
-    """``offset`` + row-major flat index of every entry, as uint32 (elementwise, so it shards like
-    the array). For a stacked shape ``(G, ...)``, ``offset`` is a (G,) vector and the index is
-    within each member."""
-    offset = np.asarray(offset, np.uint32)
-    idx = jnp.asarray(offset).reshape(offset.shape + (1,) * (len(shape) - offset.ndim))
-    stride = 1
-    for d in reversed(range(offset.ndim, len(shape))):
-        idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * np.uint32(stride)
-        stride *= shape[d]
-    return jnp.broadcast_to(idx, shape)
 
 
 def select_smallest(keys: Sequence[jax.Array], k: jax.Array | int) -> list[jax.Array]:
