@@ -64,32 +64,51 @@ def radix_widths(bits: int = 32, selections: int = 1) -> tuple[int, ...]:
     return tuple(base + (i < extra) for i in range(passes))
 
 
+def _locate(counts: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per row of (num, n) counts: the bucket holding the ``rank``-th entry and the number of
+    entries before that bucket. The prefix sums are one masked reduction (no scan), which
+    compiles to far fewer kernels than ``cumsum``."""
+    n = counts.shape[1]
+    upto = np.arange(n)[None, :, None] >= np.arange(n)[None, None, :]
+    cum = jnp.sum(jnp.where(upto, counts[:, None, :], 0), axis=2)  # inclusive prefix sums
+    below = cum < rank[:, None]
+    bucket = jnp.minimum(jnp.sum(below, axis=1, dtype=jnp.int32), n - 1)
+    return bucket, jnp.max(jnp.where(below, cum, 0), axis=1)  # prefix sums grow: the max is the last below
+
+
 def _digit_search(hist: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per row of a (num, buckets) histogram: the bucket holding the ``rank``-th entry, the
-    rank within that bucket and the bucket's count."""
-    cum = jnp.cumsum(hist, axis=1)
-    digit = jnp.minimum(jnp.sum(cum < rank[:, None], axis=1, dtype=jnp.int32), hist.shape[1] - 1)
-    below = jnp.where(digit > 0, jnp.take_along_axis(cum, jnp.maximum(digit - 1, 0)[:, None], 1)[:, 0], 0)
-    return digit, rank - below, jnp.take_along_axis(hist, digit[:, None], 1)[:, 0]
+    rank within that bucket and the bucket's count. Two levels (rows of a square-ish view,
+    then the bucket within the row) keep the prefix sums small."""
+    num, size = hist.shape
+    rows = 1 << ((size.bit_length() - 1) // 2)
+    h = hist.reshape(num, rows, size // rows)
+    r, before_r = _locate(jnp.sum(h, axis=2), rank)
+    row = jnp.take_along_axis(h, r[:, None, None], 1)[:, 0]
+    col, before_c = _locate(row, rank - before_r)
+    ties = jnp.take_along_axis(row, col[:, None], 1)[:, 0]
+    return r * (size // rows) + col, rank - before_r - before_c, ties
 
 
 def _unstack(v: jax.Array) -> tuple[jax.Array, ...]:
-    """The entries of a small vector as separate scalars, produced by one loop that rotates them
-    into place. Indexing ``v[i]`` (or using a Python constant) would fold each ``i`` into the
-    kernel that consumes it, so that same-shaped arrays would each get their own compiled
-    kernel; as results of the loop they are runtime values and share one kernel per shape."""
+    """The rows of a small array as separate arrays, produced by one loop that rotates them into
+    place. Indexing ``v[i]`` (or using a Python constant) would fold each ``i`` into the kernel
+    that consumes it, so that same-shaped arrays would each get their own compiled kernel; as
+    results of the loop they are runtime values and share one kernel per shape."""
     v = jnp.asarray(v)
     n = v.shape[0]
     if n == 1:
         return (v[0],)
-    return jax.lax.fori_loop(0, n, lambda i, c: c[1:] + (v[i],), tuple(jnp.zeros((), v.dtype) for _ in range(n)))
+    init = tuple(jnp.zeros(v.shape[1:], v.dtype) for _ in range(n))
+    return jax.lax.fori_loop(0, n, lambda i, c: c[1:] + (v[i],), init)
 
 
-def _flat_index(shape: tuple[int, ...], dtype: Any) -> jax.Array:
-    """Row-major flat index of every entry (elementwise, so it shards like the array)."""
+def _flat_index(shape: tuple[int, ...], dtype: Any, scale: Any = 1) -> jax.Array:
+    """Row-major flat index of every entry times ``scale`` (elementwise, so it shards like the
+    array)."""
     idx, stride = jnp.zeros(shape, dtype), 1
     for d in reversed(range(len(shape))):
-        idx = idx + jax.lax.broadcasted_iota(dtype, shape, d) * np.asarray(stride, dtype)
+        idx = idx + jax.lax.broadcasted_iota(dtype, shape, d) * (np.asarray(stride, dtype) * scale)
         stride *= shape[d]
     return idx
 
@@ -173,10 +192,10 @@ def _radix_select(values: Sequence[jax.Array], stacks: Sequence[_Stack], num: in
         for v, st in zip(values, stacks):
             nd = v.ndim - 1
             if tie_break:
-                # The offsets are zeroed in the key passes so that the positions are not loop-invariant:
-                # they would be hoisted out of the loop and kept in memory.
-                off = jnp.where(key_pass, jnp.uint32(0), jnp.asarray(st.offset))
-                pos = _per_member(off, nd) + _flat_index(v.shape[1:], jnp.uint32)
+                # Scaled by a loop-dependent 0 / 1 (the positions only matter in the position passes) so
+                # that they are not loop-invariant: they would be hoisted out of the loop and kept in memory.
+                on = (~key_pass).astype(jnp.uint32)
+                pos = _per_member(jnp.asarray(st.offset) * on, nd) + _flat_index(v.shape[1:], jnp.uint32, on)
                 val = jnp.where(key_pass, v, pos)
                 keep = ((val & hi) == member(c.prefix, st, nd)) & (key_pass | (v == member(c.key, st, nd)))
             else:
@@ -220,16 +239,28 @@ def _select(keys: Sequence[jax.Array], k: jax.Array, selection: Sequence[int], n
     take = k > 0
     kc = jnp.clip(k, 1, jnp.asarray(np.maximum(sizes, 1), jnp.int32))
     stacks = _stacks(shapes, selection)
-    t, last = _radix_select([_stacked(keys, st) for st in stacks], stacks, num, kc, tie_break=True)
-    # Per array: its threshold and the last flat index taken among the entries equal to it.
+    stacked = [_stacked(keys, st) for st in stacks]
+    t, last = _radix_select(stacked, stacks, num, kc, tie_break=True)
+    # Per array: its threshold, the last flat index taken among the entries equal to it, and
+    # where it is in its stack (read back from the stack, so that it is not kept twice).
     sel = np.asarray(selection, np.int32)
-    offset = np.zeros(len(keys), np.int32)
-    for st in stacks:
+    offset, member = np.zeros(len(keys), np.int32), np.zeros(len(keys), np.int32)
+    stack_of: dict[int, int] = {}
+    for n, st in enumerate(stacks):
         offset[list(st.members)] = st.offset
+        member[list(st.members)] = np.arange(len(st.members))
+        stack_of.update((i, n) for i in st.members)
     last_all = jnp.where(last == np.uint32(0xFFFFFFFF), np.int32(2**31 - 1), last.astype(jnp.int32))
-    lim = _unstack(jnp.where(take[sel], last_all[sel] - offset, -1))
-    t_of = _unstack(jnp.where(take[sel], t[sel], 0)) if num > 1 else (jnp.where(take[0], t[0], 0),) * len(keys)
-    return [(kk < ti) | ((kk == ti) & (_flat_index(kk.shape, jnp.int32) <= li)) for kk, ti, li in zip(keys, t_of, lim)]
+    lim = jnp.where(take[sel], last_all[sel] - offset, -1)
+    thr = jax.lax.bitcast_convert_type(jnp.where(take[sel], t[sel], 0), jnp.int32)
+    per_array = _unstack(jnp.stack([lim, thr, jnp.asarray(member)], axis=1))
+    out = []
+    for i, kk in enumerate(keys):
+        li, ti, mi = per_array[i][0], jax.lax.bitcast_convert_type(per_array[i][1], jnp.uint32), per_array[i][2]
+        if i in stack_of:
+            kk = jax.lax.dynamic_index_in_dim(stacked[stack_of[i]], mi, keepdims=False)
+        out.append((kk < ti) | ((kk == ti) & (_flat_index(kk.shape, jnp.int32) <= li)))
+    return out
 
 
 def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int) -> jax.Array:
