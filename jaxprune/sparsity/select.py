@@ -185,8 +185,8 @@ def _radix_select(values: Sequence[jax.Array], stacks: Sequence[_Stack], num: in
         return _per_member(v[st.selection] if num > 1 else jnp.broadcast_to(v, (len(st.members),)), ndim)
 
     def body(c: _Pass) -> _Pass:
-        j = c.p % passes
         key_pass = c.p < passes
+        j = jnp.where(key_pass, c.p, c.p - passes)
         shift, dmask, hi = jnp.asarray(shifts)[j], jnp.asarray(digit_mask)[j], jnp.asarray(above)[j]
         hist = jnp.zeros((num * size,), jnp.int32)
         for v, st in zip(values, stacks):
@@ -201,10 +201,10 @@ def _radix_select(values: Sequence[jax.Array], stacks: Sequence[_Stack], num: in
             else:
                 val = v
                 keep = (val & hi) == member(c.prefix, st, nd)
-            digit = ((val >> shift) & dmask).astype(jnp.int32)
+            digit = (val >> shift) & dmask  # unsigned: no negative-index wrapping in the scatter
             if num > 1:
-                digit = digit + _per_member(jnp.asarray(st.selection * size), nd)
-            hist = hist.at[jnp.where(keep, digit, num * size)].add(1, mode="drop")  # out of range: dropped
+                digit = digit + _per_member(jnp.asarray(st.selection.astype(np.uint32) * np.uint32(size)), nd)
+            hist = hist.at[jnp.where(keep, digit, np.uint32(num * size))].add(1, mode="drop")  # out of range: dropped
         digit, rank, ties = _digit_search(hist.reshape(num, size), c.rank)
         prefix = c.prefix | (digit.astype(jnp.uint32) << shift)
         keys_done = c.p == passes - 1
