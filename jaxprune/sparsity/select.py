@@ -64,16 +64,16 @@ def radix_widths(bits: int = 32, selections: int = 1) -> tuple[int, ...]:
     return tuple(base + (i < extra) for i in range(passes))
 
 
-def _locate(counts: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per row of (num, n) counts: the bucket holding the ``rank``-th entry and the number of
-    entries before that bucket. The prefix sums are one masked reduction (no scan), which
-    compiles to far fewer kernels than ``cumsum``."""
+def _locate(counts: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per row of (num, n) counts: the bucket holding the ``rank``-th entry (0 if there is
+    none), the number of entries before that bucket and in it. The prefix sums are one masked
+    reduction (no scan) and the bucket one argmax, which compile to few kernels."""
     n = counts.shape[1]
     upto = np.arange(n)[None, :, None] >= np.arange(n)[None, None, :]
     cum = jnp.sum(jnp.where(upto, counts[:, None, :], 0), axis=2)  # inclusive prefix sums
-    below = cum < rank[:, None]
-    bucket = jnp.minimum(jnp.sum(below, axis=1, dtype=jnp.int32), n - 1)
-    return bucket, jnp.max(jnp.where(below, cum, 0), axis=1)  # prefix sums grow: the max is the last below
+    bucket = jnp.argmax(cum >= rank[:, None], axis=1).astype(jnp.int32)
+    inside = jnp.take_along_axis(counts, bucket[:, None], 1)[:, 0]
+    return bucket, jnp.take_along_axis(cum, bucket[:, None], 1)[:, 0] - inside, inside
 
 
 def _digit_search(hist: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -83,10 +83,9 @@ def _digit_search(hist: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Arra
     num, size = hist.shape
     rows = 1 << ((size.bit_length() - 1) // 2)
     h = hist.reshape(num, rows, size // rows)
-    r, before_r = _locate(jnp.sum(h, axis=2), rank)
+    r, before_r, _ = _locate(jnp.sum(h, axis=2), rank)
     row = jnp.take_along_axis(h, r[:, None, None], 1)[:, 0]
-    col, before_c = _locate(row, rank - before_r)
-    ties = jnp.take_along_axis(row, col[:, None], 1)[:, 0]
+    col, before_c, ties = _locate(row, rank - before_r)
     return r * (size // rows) + col, rank - before_r - before_c, ties
 
 
