@@ -1,6 +1,7 @@
 """Tests for exact-k selection, unstructured, N:M and structured pruning."""
 
 import math
+import re
 from fractions import Fraction
 
 import jax
@@ -387,3 +388,26 @@ def test_select_smallest_each_over_many_arrays_uses_narrow_digits():
         exp = np.zeros(p.size, bool)
         exp[np.argsort(p, kind="stable")[: min(ki, p.size)]] = True
         np.testing.assert_array_equal(np.asarray(s), exp)
+
+
+def _distinct_fused_computations(hlo: str) -> int:
+    """Fused computations of compiled HLO text that differ other than by instruction names."""
+    bodies = re.findall(r"^(%(?:fused_computation|wrapped_)[^\n]*\{\n.*?^\})", hlo, re.S | re.M)
+    canon = set()
+    for body in bodies:
+        body = re.sub(r", metadata=\{[^\n]*?\}(?=[,\n])", "", body.split("\n", 1)[1])
+        names: dict[str, str] = {}
+        canon.add(re.sub(r"%[\w.-]+", lambda m: names.setdefault(m.group(0), f"%{len(names)}"), body))
+    return len(canon)
+
+
+def test_same_shaped_arrays_share_compiled_kernels():
+    """Kernels are compiled per shape: more same-shaped arrays (leaves, here of two shapes) add
+    none, globally and layer-wise (each per-array cut reaches its kernel as a runtime value)."""
+    for fn, k in ((S.select_smallest, jnp.int32(7)), (S.select_smallest_each, None)):
+        counts = []
+        for n in (2, 6):
+            keys = [jax.ShapeDtypeStruct((6, 10), jnp.uint32), jax.ShapeDtypeStruct((10, 3), jnp.uint32)] * n
+            kk = jnp.full((2 * n,), 7, jnp.int32) if k is None else k
+            counts.append(_distinct_fused_computations(jax.jit(fn).lower(keys, kk).compile().as_text()))
+        assert counts[0] == counts[1], (fn.__name__, counts)

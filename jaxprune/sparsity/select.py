@@ -4,9 +4,16 @@ Exact-k selection never sorts. Scores are mapped to uint32 keys whose integer or
 is the float order (see :func:`order_keys`); the k-th smallest key is then found by a
 radix select: each pass histograms one digit of the keys (two 16-bit digits) among
 the entries whose higher digits match the prefix found so far, so the data is read
-once per digit and only histograms (summed across devices under SPMD) cross shards. Among entries equal to the threshold, those with the lowest position
-(tree-flattening order of the leaves, then flat index) are pruned first; when that
-matters, a second radix select over the positions of the ties finds the cut.
+once per digit and only histograms (summed across devices under SPMD) cross shards.
+Among entries equal to the threshold, those with the lowest position (tree-flattening
+order of the leaves, then flat index) are pruned first; when that matters, further
+passes of the same loop select over the positions of the ties to find the cut.
+
+Compile time: same-shaped arrays are stacked (one scatter per shape and pass), the
+passes are one while loop, and whatever differs between same-shaped arrays (their
+place in the stack, threshold and tie cut) reaches their kernels as runtime scalars
+(:func:`_unstack`), so the number of compiled kernels depends on the number of
+distinct shapes, not on the number of arrays or passes.
 
 Rounding: a rate ``r`` over ``n`` entries prunes ``floor(r * n)`` of them, where a
 Python float ``r`` is taken as the decimal it prints as (so ``0.29 * 100`` gives 29,
