@@ -264,7 +264,8 @@ def _select(keys: Sequence[jax.Array], k: jax.Array, selection: Sequence[int], n
     for i, kk in enumerate(keys):
         li, ti, mi = per_array[i][0], jax.lax.bitcast_convert_type(per_array[i][1], jnp.uint32), per_array[i][2]
         if i in stack_of:
-            kk = jax.lax.dynamic_index_in_dim(stacked[stack_of[i]], mi, keepdims=False)
+            start = (mi,) + (0,) * kk.ndim
+            kk = jax.lax.dynamic_slice(stacked[stack_of[i]], start, (1,) + kk.shape, allow_negative_indices=False)[0]
         out.append((kk < ti) | ((kk == ti) & (_flat_index(kk.shape, jnp.int32) <= li)))
     return out
 
