@@ -142,10 +142,24 @@ def _stacks(shapes: Sequence[tuple[int, ...]], selection: Sequence[int]) -> list
                    np.asarray([start[i] for i in m], np.uint32), s) for s, m in by_shape.items()]
 
 
-def _stacked(arrays: Sequence[jax.Array], st: _Stack) -> jax.Array:
+# XLA:CPU fuses a concatenation of at most this many operands, with every operand's producer
+# inlined, into one kernel that is slow to compile; larger ones are plain copies.
+_FUSED_CONCAT_MAX = 8
+
+
+def _stacked(arrays: Sequence[jax.Array], st: _Stack, index: Sequence[jax.Array]) -> jax.Array:
+    """The stack of ``st``'s members. A few members are written one by one at their runtime
+    position ``index[i]`` in the stack (see :func:`_unstack`), which compiles one small kernel
+    per shape, instead of concatenated (see :data:`_FUSED_CONCAT_MAX`)."""
     if len(st.members) == 1:
         return arrays[st.members[0]][None]
-    return jnp.stack([arrays[i] for i in st.members])
+    if len(st.members) > _FUSED_CONCAT_MAX:
+        return jnp.stack([arrays[i] for i in st.members])
+    out = jnp.zeros((len(st.members),) + st.shape, arrays[st.members[0]].dtype)
+    for i in st.members:
+        start = (index[i],) + (0,) * len(st.shape)
+        out = jax.lax.dynamic_update_slice(out, arrays[i][None], start, allow_negative_indices=False)
+    return out
 
 
 def _per_member(v: jax.Array, ndim: int) -> jax.Array:
@@ -245,10 +259,8 @@ def _select(keys: Sequence[jax.Array], k: jax.Array, selection: Sequence[int], n
     take = k > 0
     kc = jnp.clip(k, 1, jnp.asarray(np.maximum(sizes, 1), jnp.int32))
     stacks = _stacks(shapes, selection)
-    stacked = [_stacked(keys, st) for st in stacks]
-    t, last = _radix_select(stacked, stacks, num, kc, tie_break=True)
-    # Per array: its threshold, the last flat index taken among the entries equal to it, and
-    # where it is in its stack (read back from the stack, so that it is not kept twice).
+    # Per array: where it is in its stack (its kernels read it back from there, so that it is not
+    # kept twice), then its threshold and the last flat index taken among the entries equal to it.
     sel = np.asarray(selection, np.int32)
     offset, member = np.zeros(len(keys), np.int32), np.zeros(len(keys), np.int32)
     stack_of: dict[int, int] = {}
@@ -256,15 +268,18 @@ def _select(keys: Sequence[jax.Array], k: jax.Array, selection: Sequence[int], n
         offset[list(st.members)] = st.offset
         member[list(st.members)] = np.arange(len(st.members))
         stack_of.update((i, n) for i in st.members)
+    member_of = _unstack(member)
+    stacked = [_stacked(keys, st, member_of) for st in stacks]
+    t, last = _radix_select(stacked, stacks, num, kc, tie_break=True)
     last_all = jnp.where(last == np.uint32(0xFFFFFFFF), np.int32(2**31 - 1), last.astype(jnp.int32))
     lim = jnp.where(take[sel], last_all[sel] - offset, -1)
     thr = jax.lax.bitcast_convert_type(jnp.where(take[sel], t[sel], 0), jnp.int32)
-    per_array = _unstack(jnp.stack([lim, thr, jnp.asarray(member)], axis=1))
+    per_array = _unstack(jnp.stack([lim, thr], axis=1))
     out = []
     for i, kk in enumerate(keys):
-        li, ti, mi = per_array[i][0], jax.lax.bitcast_convert_type(per_array[i][1], jnp.uint32), per_array[i][2]
+        li, ti = per_array[i][0], jax.lax.bitcast_convert_type(per_array[i][1], jnp.uint32)
         if i in stack_of:
-            start = (mi,) + (0,) * kk.ndim
+            start = (member_of[i],) + (0,) * kk.ndim
             kk = jax.lax.dynamic_slice(stacked[stack_of[i]], start, (1,) + kk.shape, allow_negative_indices=False)[0]
         out.append((kk < ti) | ((kk == ti) & (_flat_index(kk.shape, jnp.int32) <= li)))
     return out
@@ -283,8 +298,12 @@ def kth_smallest_key(keys: Sequence[jax.Array], k: jax.Array | int) -> jax.Array
     if total == 0:
         return jnp.where(k > 0, jnp.uint32(0xFFFFFFFF), jnp.uint32(0))
     stacks = _stacks(shapes, [0] * len(keys))
-    key, _ = _radix_select([_stacked(keys, st) for st in stacks], stacks, 1, jnp.clip(k, 1, total)[None],
-                           tie_break=False)
+    member = np.zeros(len(keys), np.int32)
+    for st in stacks:
+        member[list(st.members)] = np.arange(len(st.members))
+    member_of = _unstack(member)
+    key, _ = _radix_select([_stacked(keys, st, member_of) for st in stacks], stacks, 1,
+                           jnp.clip(k, 1, total)[None], tie_break=False)
     return jnp.where(k <= 0, jnp.uint32(0), jnp.where(k > total, jnp.uint32(0xFFFFFFFF), key[0]))
 
 
