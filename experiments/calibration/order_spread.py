@@ -109,13 +109,16 @@ def block_inputs(cfg, params, tokens: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-def reference_prune(ref_dir: Path, hf_dir: Path, calib: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-    """The reference's SparseGPT 2:4 on ``calib`` ``(N, T)`` (in that order); ``(HF state dict, seconds)``."""
+def reference_prune(ref_dir: Path, hf_dir: Path, calib: np.ndarray,
+                    threads: int = 1) -> tuple[dict[str, np.ndarray], float]:
+    """The reference's SparseGPT 2:4 on ``calib`` ``(N, T)`` (in that order), on ``threads`` torch threads;
+    ``(HF state dict, seconds)``."""
     from argparse import Namespace
 
     import torch
 
     torch.cuda.synchronize = lambda *a, **k: None  # the reference syncs CUDA after each layer
+    torch.set_num_threads(threads)
     if str(ref_dir) not in sys.path:
         sys.path.insert(0, str(ref_dir))
     import llama as ref  # the reference's llama.py (imports its sparsegpt.py)
@@ -216,7 +219,7 @@ def run(args) -> None:
                 keep = kernel_masks(params, masks)
                 seconds = time.time() - t0
             else:
-                sd, seconds = reference_prune(Path(args.reference_dir), hf_dir, calib[perm])
+                sd, seconds = reference_prune(Path(args.reference_dir), hf_dir, calib[perm], args.torch_threads)
                 params = params_from_state_dict(sd, cfg)
                 del sd
                 keep = kernel_masks(params)
@@ -325,6 +328,9 @@ def main() -> None:
     ap.add_argument("--calib-batch", type=int, default=4, help="jaxprune: sequences per calibration forward")
     ap.add_argument("--windows", type=int, default=16, help="512-token WikiText-2 windows scored")
     ap.add_argument("--batch", type=int, default=4, help="windows per scoring forward")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="reference: torch intra-op threads (its per-column loop runs tiny ops; on a shared CPU "
+                         "two threads made it 4-100x slower per column than one)")
     ap.add_argument("--gguf", default="")
     ap.add_argument("--work", default="/tmp/order_spread", help="scratch: dense HF export, masks, block inputs")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "calibration" / "order_spread.jsonl"))
