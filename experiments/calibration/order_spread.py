@@ -3,7 +3,7 @@
     python scripts/fetch_smollm2.py
     git clone https://github.com/IST-DASLab/sparsegpt /tmp/sparsegpt-ref   # commit 147d2159dc4f3e9f73e47b32c04d7b3708f44436
     JAXPRUNE_DATA_DIR=/work/shared/data python experiments/calibration/order_spread.py \\
-        --reference-dir /tmp/sparsegpt-ref --orders 6 --work /tmp/order_spread
+        --reference-dir /tmp/sparsegpt-ref --orders 8 --work /tmp/order_spread
     python experiments/calibration/order_spread.py --analyse --work /tmp/order_spread   # table + per-block divergence
 
 Both sides start from the same float32 weights (the GGUF imported by jaxprune, exported with
