@@ -190,9 +190,14 @@ def _label(metric: str) -> str:
     return f"{metric} ({better})"
 
 
+def _stderr(row: dict, m: str) -> float:
+    """The recorded standard error of metric ``m`` in a results row (0 where none was recorded)."""
+    return row["metrics"].get(f"{m}_stderr", 0.0)
+
+
 def _stderrs(rows: list[dict], m: str) -> list[float]:
-    """The recorded standard error of metric ``m`` in each row (0 where none was recorded): error bars of 1 SE."""
-    return [r["metrics"].get(f"{m}_stderr", 0.0) for r in rows]
+    """Error bars of 1 SE: :func:`_stderr` of each row."""
+    return [_stderr(r, m) for r in rows]
 
 
 def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> list[str]:
@@ -214,7 +219,7 @@ def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> 
             colour = colours[i % len(colours)]
             dense = next((r for r in rows if r["kind"] == "dense" and m in r["metrics"]), None)
             if dense is not None:
-                key = (dense["metrics"][m], dense["metrics"].get(f"{m}_stderr", 0.0))
+                key = (dense["metrics"][m], _stderr(dense, m))
                 dense_lines.setdefault(key, []).append((run, colour))
             chain = sorted((r for r in rows if r["kind"] in ("dense", "pruned") and m in r["metrics"]),
                            key=lambda r: r["sparsity"])
@@ -230,7 +235,7 @@ def plot_metrics(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> 
                         marker="o", markerfacecolor="white", label=f"{run}: pruned, before fine-tuning")
             # Each control sits at the sparsity of the pruned stage with the same fine-tuning budget.
             pairs = [(r["sparsity"], control_for(r, rows)) for r in chain]
-            pairs = tuple(sorted((x, c["metrics"][m], c["metrics"].get(f"{m}_stderr", 0.0))
+            pairs = tuple(sorted((x, c["metrics"][m], _stderr(c, m))
                                  for x, c in pairs if c is not None and m in c["metrics"]))
             if pairs:
                 control_lines.setdefault(pairs, []).append((run, colour))
