@@ -9,16 +9,20 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from jaxprune.report import load_run  # noqa: E402  (standard library only: no JAX start-up)
+
 
 def rows(root: Path) -> list[tuple[float, dict, dict]]:
-    """(lr, dense record, pruned+fine-tuned record) per run under root, sorted by lr."""
+    """(lr, dense record, pruned+fine-tuned record) per finished run under root, sorted by lr."""
     out = []
     for run in root.glob("lr_*"):
-        recs = {r["stage"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())} \
-            if (run / "results.jsonl").exists() else {}
-        cfg = json.loads((run / "config.json").read_text())
+        if not (run / "results.jsonl").is_file():
+            continue  # not started yet
+        recs = {r["stage"]: r for r in load_run(run)}
         if "dense" in recs and "prune_1" in recs:
-            out.append((float(cfg["config"]["finetune"]["lr"]), recs["dense"], recs["prune_1"]))
+            lr = json.loads((run / "config.json").read_text())["config"]["finetune"]["lr"]
+            out.append((float(lr), recs["dense"], recs["prune_1"]))
     return sorted(out, key=lambda t: t[0])
 
 
