@@ -6,8 +6,9 @@ Run by tests/test_multiprocess.py with as many (fake) devices as the runs' mesh:
 
 Each run's config comes from its WORKDIR/config.json; each stage's last checkpoint is restored
 into the run's mesh shardings. For every workdir and stage it reports a sha256 over every array's
-path, dtype, shape and bytes (params and masks apart), the step, and the largest absolute
-parameter difference to the same stage of REFERENCE.
+path, dtype, shape and bytes (params and masks apart), the step, the largest absolute parameter
+difference to the same stage of REFERENCE, and how many mask entries differ from REFERENCE's (of
+how many).
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def main(workdirs: list[str]) -> None:
         out[w] = {name: {"step": step, "params": digest(params), "masks": digest(masks),
                          "params_max_diff": max((float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
                                                  for (_, a), (_, b) in zip(params, ref[name][1])), default=0.0)
-                         if name in ref else None}
+                         if name in ref else None,
+                         "masks_differ": sum(int(np.sum(np.asarray(a) != np.asarray(b)))
+                                             for (_, a), (_, b) in zip(masks, ref[name][2])) if name in ref else None,
+                         "masks_size": sum(int(np.size(a)) for _, a in masks)}
                   for name, (step, params, masks) in stages.items()}
     print(json.dumps(out))
 

@@ -1,8 +1,10 @@
 """A real multi-process run: 2 processes on localhost (jax.distributed, gloo CPU collectives, 2 fake
 devices each) run `python -m jaxprune.main --config.mesh.distributed=True` on one global 4-device
 mesh (fsdp 2 x tensor 2, so every kernel is split across the processes); one process is killed
-mid-fine-tune, then the other; both are restarted with the same command and resume. Results and the
-final parameters and masks of every stage must equal one process running the same mesh on 4 devices.
+mid-fine-tune, then the other; both are restarted with the same command and resume. The final
+parameters and masks of every stage must equal, to the bit, the same command never killed; results
+and masks must equal one process running the same mesh on 4 devices up to float32 summation order
+(see :func:`assert_same_runs`).
 
 The CI case prunes with SparseGPT (calibration on the mesh); the heavy case (`pytest -m heavy`) runs
 magnitude pruning at two rates with controls and a LAMBADA evaluation, then SparseGPT on that run's
@@ -138,20 +140,28 @@ def assert_same_rows(single: Path, multi: Path) -> None:
         assert g["metrics"] == pytest.approx(w["metrics"], rel=1e-5), g["stage"]
 
 
-def assert_same_runs(runner, single: Path, multi: Path) -> dict:
-    """Results rows as in :func:`assert_same_rows`; every stage's masks identical to the bit and its
-    parameters to float32 rounding: the gradient and loss sums over 4 devices run as gloo collectives
-    in one run and in-process ones in the other, which add in another order (measured: 2e-6 after 10
-    pretraining steps, 1.3e-5 after pruning and 10 fine-tuning steps)."""
+def assert_same_runs(runner, single: Path, multi: Path, straight: Path) -> dict:
+    """MULTI (killed and resumed) equals STRAIGHT (the same 2-process command, never killed) to the bit
+    in every stage's parameters and masks: resuming loses and repeats nothing. Against SINGLE (one
+    process, same 4-device mesh): results rows as in :func:`assert_same_rows`, the dense parameters to
+    float32 rounding, and each pruned stage's masks with the same count per layer (in the rows) and at
+    most 0.1 % of entries apart. The gradient, loss and Hessian sums run as gloo collectives in one
+    and in-process ones in the other, which add in another order (measured: dense parameters 2.1e-6
+    apart after 10 steps), and that can swap weights whose scores tie at the threshold (measured:
+    SparseGPT 50 %, 4 of 98,304 mask entries, i.e. 2 swaps; the swapped weights then differ by up to
+    0.017 after fine-tuning, so pruned stages' parameters are not compared to SINGLE's)."""
     assert_same_rows(single, multi)
-    d = runner.digests(single, multi)
+    d = runner.digests(single, multi, straight)
     print(json.dumps(d))
-    ref, got = d[str(single)], d[str(multi)]
-    assert sorted(got) == sorted(ref)
+    ref, got, again = d[str(single)], d[str(multi)], d[str(straight)]
+    assert sorted(got) == sorted(ref) == sorted(again)
     for stage in ref:
-        assert got[stage]["step"] == ref[stage]["step"], stage
-        assert got[stage]["masks"] == ref[stage]["masks"], stage
-        assert got[stage]["params_max_diff"] < 1e-4, (stage, got[stage]["params_max_diff"])
+        assert got[stage]["step"] == again[stage]["step"] == ref[stage]["step"], stage
+        assert (got[stage]["params"], got[stage]["masks"]) == (again[stage]["params"], again[stage]["masks"]), stage
+        assert got[stage]["masks_differ"] <= 1e-3 * got[stage]["masks_size"], (stage, got[stage]["masks_differ"])
+        if stage == "dense":
+            assert got[stage]["masks"] == ref[stage]["masks"]
+            assert got[stage]["params_max_diff"] < 1e-4, (stage, got[stage]["params_max_diff"])
     return ref
 
 
@@ -168,7 +178,8 @@ SMALL = ("--config.pretrain.steps=10", "--config.finetune.steps=10", "--config.p
 def test_two_processes_prune_kill_resume_match_one_process(runner, tmp_path):
     runner.single(tmp_path / "single", SMALL)
     runner.multi(tmp_path / "multi", SMALL, kill=("prune_1", 5))
-    stages = assert_same_runs(runner, tmp_path / "single", tmp_path / "multi")
+    runner.multi(tmp_path / "straight", SMALL, kill=None)
+    stages = assert_same_runs(runner, tmp_path / "single", tmp_path / "multi", tmp_path / "straight")
     assert sorted(stages) == ["dense", "prune_1"]
     assert stages["prune_1"]["step"] == 10
     # the restarted processes resumed prune_1 from its step-5 checkpoint (step 5 is logged once), and
@@ -182,11 +193,12 @@ MAGNITUDE = ("--config.pretrain.steps=20", "--config.finetune.steps=10", "--conf
              "--config.eval.heldout_batches=2")
 
 
-@pytest.mark.heavy  # minutes: 6 multi-process and single-process runs
+@pytest.mark.heavy  # minutes: 8 multi-process and single-process runs
 def test_two_processes_magnitude_and_sparsegpt_full_pipeline(runner, tmp_path):
     runner.single(tmp_path / "mag_single", MAGNITUDE)
     runner.multi(tmp_path / "mag_multi", MAGNITUDE, kill=("prune_2", 5))
-    stages = assert_same_runs(runner, tmp_path / "mag_single", tmp_path / "mag_multi")
+    runner.multi(tmp_path / "mag_straight", MAGNITUDE, kill=None)
+    stages = assert_same_runs(runner, tmp_path / "mag_single", tmp_path / "mag_multi", tmp_path / "mag_straight")
     assert sorted(stages) == ["control_1", "control_2", "dense", "prune_1", "prune_2"]
     assert all("lambada_acc" in r["metrics"] for r in rows(tmp_path / "mag_multi"))
     # SparseGPT on the magnitude run's dense model, killed in its first fine-tuning
@@ -194,7 +206,8 @@ def test_two_processes_magnitude_and_sparsegpt_full_pipeline(runner, tmp_path):
             "--config.pruning.calibration_samples=16", "--config.pruning.rates=(0.5,)",
             "--config.eval.heldout_batches=2")
     runner.single(tmp_path / "sgpt_single", (*sgpt, f"--config.model.init_path={tmp_path / 'mag_single' / 'dense'}"))
-    runner.multi(tmp_path / "sgpt_multi", (*sgpt, f"--config.model.init_path={tmp_path / 'mag_multi' / 'dense'}"),
-                 kill=("prune_1", 5))
-    stages = assert_same_runs(runner, tmp_path / "sgpt_single", tmp_path / "sgpt_multi")
+    from_multi = (*sgpt, f"--config.model.init_path={tmp_path / 'mag_multi' / 'dense'}")
+    runner.multi(tmp_path / "sgpt_multi", from_multi, kill=("prune_1", 5))
+    runner.multi(tmp_path / "sgpt_straight", from_multi, kill=None)
+    stages = assert_same_runs(runner, tmp_path / "sgpt_single", tmp_path / "sgpt_multi", tmp_path / "sgpt_straight")
     assert sorted(stages) == ["dense", "prune_1"]
