@@ -2,7 +2,8 @@
 
     python experiments/recovery/table.py runs/smollm2_iter_sparsegpt_kd [more runs ...]
 
-1. Every evaluated model of every run: arm, stage, sparsity, fine-tuning tokens so far, the metrics,
+1. Every evaluated model of every run (the dense model once, with every metric any run measured on
+   it; runs whose dense models disagree are refused): arm, stage, sparsity, fine-tuning tokens so far, the metrics,
    each with the ratio to the dense model (perplexities) or the difference (accuracies), and to the
    run's matched control (the dense model fine-tuned on the same tokens) where it has one. Accuracies
    and exact matches carry one standard error: the run's own `<metric>_stderr`, or for runs that
@@ -71,15 +72,31 @@ def stderr(metrics: dict, key: str) -> float | None:
     return math.sqrt(p * (1 - p) / (n - 1))
 
 
+def merged_dense(all_models: list[dict]) -> dict:
+    """The dense model's metrics from every run's dense stage (each arm evaluates the same imported model,
+    and some arms evaluated it on more tasks); a metric two runs both measured must agree."""
+    dense: dict = {}
+    for m in all_models:
+        if m["kind"] != "dense":
+            continue
+        for k, v in m["metrics"].items():
+            if k.endswith("_seconds"):
+                continue
+            if k in dense and not math.isclose(dense[k], v, rel_tol=1e-6, abs_tol=1e-9):
+                raise SystemExit(f"the runs' dense models differ: {k} = {dense[k]} and {v} ({m['run']})")
+            dense.setdefault(k, v)
+    if not dense:
+        raise SystemExit("no dense row in these runs")
+    return dense
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
 
 
 def tables(runs: list[Path]) -> str:
     all_models = [m for run in runs for m in models(run)]
-    dense = next((m["metrics"] for m in all_models if m["kind"] == "dense"), None)
-    if dense is None:
-        raise SystemExit("no dense row in these runs")
+    dense = merged_dense(all_models)
     cols = [(k, h) for k, h in PPL + ACC if any(k in m["metrics"] for m in all_models)]
     lines = ["| arm | stage | sparsity | fine-tune tokens | " + " | ".join(h for _, h in cols) + " |",
              "|" + "---|" * (len(cols) + 4)]
@@ -89,6 +106,7 @@ def tables(runs: list[Path]) -> str:
             if seen_dense:
                 continue
             seen_dense = True
+            m = {**m, "metrics": dense}
         ctrl = next((c["metrics"] for c in all_models if c["kind"] == "control" and c["run"] == m["run"]
                      and c["tokens"] == m["tokens"]), None) if m["kind"] == "pruned" else None
         cells = []
