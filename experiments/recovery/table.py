@@ -42,7 +42,8 @@ def arm_name(cfg: dict) -> str:
     pr, ft = cfg["pruning"], cfg["finetune"]
     kind = "sweep, no fine-tune" if pr["schedule"] == "sweep" else ("iterative" if len(pr["rates"]) > 1 else "one-shot")
     loss = ft.get("loss", "ce") if ft["steps"] else "—"
-    return f"{pr['method']} {kind}" + (f", {loss}" if ft["steps"] else "")
+    lr = f"{ft['lr']:.0e}".replace("e-0", "e-")  # 5e-5
+    return f"{pr['method']} {kind}" + (f", {loss}, lr {lr}" if ft["steps"] else "")
 
 
 def models(run: Path) -> list[dict]:
