@@ -7,7 +7,8 @@ the float32 step that materialises all logits.
 Library train steps (`training.step.make_train_step`) on the same model and batch: CE dense, KD dense,
 CE masked (50 %), KD masked (50 %); KD = loss "ce+kd" with the teacher's logits computed inside the step.
 --loss_chunk N adds CE and KD dense with the LM head run N positions at a time (`chunked_token_losses`);
---bf16 adds the chunked CE step with bfloat16 compute (float32 params). Each is compiled first (compile
+--bf16 adds the chunked CE step with bfloat16 compute (float32 params); --hidden adds KD dense with
+intermediate-layer distillation on every block's output (`finetune.kd_hidden_layers`). Each is compiled first (compile
 time reported separately), then the rounds interleave all of them, each timing `--steps` consecutive steps
 (wall and process CPU time). RESULT lines give median ratios and tokens/s.
 """
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=0, help="blocks (0: the preset's)")
     ap.add_argument("--loss_chunk", type=int, default=0, help="also time the chunked-loss steps")
     ap.add_argument("--bf16", action="store_true", help="also time the chunked CE step in bfloat16")
+    ap.add_argument("--hidden", action="store_true", help="also time KD with every block's output matched")
     args = ap.parse_args()
     cfg = model_config_from_preset(args.preset)
     if args.seq:
@@ -65,6 +67,10 @@ def main() -> None:
         step = jax.jit(make_train_step(model.apply, tx, loss=loss), donate_argnums=0)
         for name, m in (("dense", None), ("masked", masks)):
             variants[f"{loss}/{name}"] = (step, m)
+    if args.hidden:
+        step = jax.jit(make_train_step(model.apply, tx, loss="ce+kd", hidden_layers=tuple(range(cfg.n_layer))),
+                       donate_argnums=0)
+        variants["ce+kd/dense/hidden"] = (step, None)
     chunked = [("ce", cfg), ("ce+kd", cfg)] + [("ce", dataclasses.replace(cfg, dtype="bfloat16"))] * args.bf16
     for loss, c in chunked if args.loss_chunk else ():
         step = jax.jit(make_train_step(Transformer(c).apply, tx, loss=loss, loss_chunk=args.loss_chunk,
@@ -104,6 +110,9 @@ def main() -> None:
           f"(median wall time per step, KD = ce+kd with the teacher forward in the step)")
     print(f"RESULT masked_over_dense_kd_step_time={med['ce+kd/masked'] / med['ce+kd/dense']:.3f} "
           f"(median wall time per step at 50 % sparsity)")
+    if args.hidden:
+        print(f"RESULT hidden_kd_over_kd_step_time={med['ce+kd/dense/hidden'] / med['ce+kd/dense']:.3f} "
+              f"(median wall time per step, dense; every block's output matched to the teacher's)")
     for key in med:
         if "chunk" in key:
             base = key.split("/")[0] + "/dense"

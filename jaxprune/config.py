@@ -113,6 +113,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.loss = "ce"
     c.finetune.kd_temperature = 2.0
     c.finetune.kd_alpha = 0.5
+    # kd / ce+kd: also match these blocks' outputs to the teacher's (intermediate-layer distillation), adding
+    # kd_hidden_weight x their mean MSE at unit RMS per token (training/step.py: hidden_state_mse); () = logits only
+    c.finetune.kd_hidden_layers = ()
+    c.finetune.kd_hidden_weight = 1.0
 
     # --- evaluation ----------------------------------------------------------
     c.eval = ml_collections.ConfigDict()
@@ -273,6 +277,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         add(f"finetune.loss must be one of {FINETUNE_LOSSES}, got {ft.loss!r}")
     if not ft.kd_temperature > 0 or not 0.0 <= ft.kd_alpha <= 1.0:
         add(f"finetune.kd_temperature must be > 0 and kd_alpha in [0, 1], got {ft.kd_temperature}, {ft.kd_alpha}")
+    layers = ft.kd_hidden_layers
+    if not isinstance(layers, (tuple, list)) or not all(isinstance(i, int) and i >= 0 for i in layers) \
+            or len(set(layers)) != len(layers):
+        add(f"finetune.kd_hidden_layers must be distinct non-negative block indices, got {layers!r}")
+    elif layers and ft.loss == "ce":
+        add("finetune.kd_hidden_layers needs a teacher: set finetune.loss='kd' or 'ce+kd'")
+    if not isinstance(ft.kd_hidden_weight, (int, float)) or not ft.kd_hidden_weight > 0:
+        add(f"finetune.kd_hidden_weight must be > 0, got {ft.kd_hidden_weight!r}")
 
     # pruning
     pr = config.pruning

@@ -124,6 +124,9 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
     if d["finetune"].get("loss", "ce") == "ce":  # cross-entropy runs keep the digests they had before KD
         for key in ("loss", "kd_temperature", "kd_alpha"):
             d["finetune"].pop(key, None)
+    if not d["finetune"].get("kd_hidden_layers"):  # logit-only runs keep the digests they had before these keys
+        for key in ("kd_hidden_layers", "kd_hidden_weight"):
+            d["finetune"].pop(key, None)
     for phase in ("pretrain", "finetune"):  # unchunked runs keep the digests they had before loss_chunk
         if not d[phase].get("loss_chunk"):
             d[phase].pop("loss_chunk", None)
@@ -242,6 +245,10 @@ class Experiment:
             except (ValueError, KeyError, OSError) as e:
                 raise pretrained_file_error(config, e) from e
         self._check_prunable()
+        bad = [i for i in config.finetune.kd_hidden_layers if i >= mcfg.n_layer]
+        if bad:
+            raise ConfigError(f"invalid config:\n  - finetune.kd_hidden_layers {bad} do not exist: the model has "
+                              f"{mcfg.n_layer} blocks (0..{mcfg.n_layer - 1})")
         self.tokenizer = prepare_tokenizer(config, self.workdir, progress)
         if self.tokenizer.get_vocab_size() > mcfg.vocab_size:
             where = config.data.tokenizer or (config.model.init_path if config.model.init in PRETRAINED_INITS
@@ -422,7 +429,9 @@ class Experiment:
             step = make_train_step(self.model.apply, tx, phase.grad_accum, loss=loss,
                                    kd_temperature=phase.get("kd_temperature", 1.0), kd_alpha=phase.get("kd_alpha", 0.0),
                                    head=functools.partial(head_logits, self.model_cfg),
-                                   loss_chunk=phase.get("loss_chunk", 0))
+                                   loss_chunk=phase.get("loss_chunk", 0),
+                                   hidden_layers=tuple(phase.get("kd_hidden_layers", ())),
+                                   hidden_weight=phase.get("kd_hidden_weight", 1.0))
             if loss == "ce":
                 self._fns[key] = jax.jit(step, in_shardings=(state_sh, self.batch_sh),
                                          out_shardings=(state_sh, parallel.replicated(self.mesh)), donate_argnums=0)

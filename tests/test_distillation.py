@@ -15,7 +15,8 @@ from jaxprune import experiment, sparsity
 from jaxprune.models import Transformer, init_params
 from jaxprune.models.presets import ModelConfig
 from jaxprune.training.state import create_state
-from jaxprune.training.step import cross_entropy, distillation_kl, make_optimizer, make_train_step
+from jaxprune.training.step import (cross_entropy, distillation_kl, hidden_state_mse, make_optimizer,
+                                    make_train_step)
 
 CFG = ModelConfig(arch="gpt2", vocab_size=64, max_len=16, n_layer=1, d_model=32, n_head=2, d_ff=64)
 
@@ -32,6 +33,23 @@ def test_kl_equals_numpy():
         got = np.asarray(distillation_kl(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temp))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.all(np.asarray(distillation_kl(jnp.asarray(s), jnp.asarray(s), 2.0)) == pytest.approx(0, abs=1e-6))
+
+
+def _unit_rms_mse(a, b):
+    def unit(h):
+        return h / np.sqrt((h * h).mean(-1, keepdims=True) + 1e-6)
+    return ((unit(a) - unit(b)) ** 2).mean()
+
+
+def test_hidden_state_mse_equals_numpy():
+    rng = np.random.default_rng(4)
+    s, t = rng.normal(size=(2, 3, 8)) * 5, rng.normal(size=(2, 3, 8))
+    got = float(hidden_state_mse(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32)))
+    assert got == pytest.approx(_unit_rms_mse(s, t), rel=1e-5) and got > 0.5
+    # each token's scale does not matter (only its direction), and equal states give 0
+    scale = jnp.asarray(rng.uniform(0.5, 20, size=(2, 3, 1)), jnp.float32)
+    assert float(hidden_state_mse(jnp.asarray(t, jnp.float32) * scale, jnp.asarray(t, jnp.float32))) < 1e-6
+    assert float(hidden_state_mse(-jnp.asarray(t), jnp.asarray(t))) == pytest.approx(4.0, rel=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +94,43 @@ def test_kd_steps_keep_teacher_and_zeros(setup, loss):
     assert float(m["kl"]) < kl  # it does learn the teacher
 
 
+@pytest.mark.parametrize("loss", ["kd", "ce+kd"])
+def test_hidden_state_kd_step(setup, loss):
+    """Intermediate-layer distillation adds weight x the block outputs' `hidden_state_mse` to the loss (checked
+    against the model's own intermediates in numpy); the teacher is untouched, pruned weights stay 0, and the
+    student's block outputs move toward the teacher's."""
+    model, params, masks, phase, batch = setup
+    tx = make_optimizer(phase)
+    step = jax.jit(make_train_step(model.apply, tx, loss=loss, kd_temperature=2.0, kd_alpha=0.3,
+                                   hidden_layers=(0,), hidden_weight=0.7))
+    teacher = jax.tree.map(lambda x: jnp.array(x) * 4.0, params)
+    before = jax.tree.map(np.asarray, teacher)
+    student = sparsity.apply_masks(params, masks)
+    state = create_state(student, tx, masks, seed=0)
+    state, m0 = step(state, batch, teacher)
+
+    def block0(p):
+        logits, inter = model.apply({"params": p}, batch[:, :-1], mutable=["intermediates"])
+        return np.asarray(logits), np.asarray(inter["intermediates"]["out_0"][0], np.float64)
+    (ls, hs), (lt, ht) = block0(student), block0(teacher)
+    mse, kl = _unit_rms_mse(hs, ht), float(distillation_kl(jnp.asarray(ls), jnp.asarray(lt), 2.0).mean())
+    ce = float(cross_entropy(jnp.asarray(ls), batch[:, 1:]).mean())
+    assert mse > 0.01  # the test means something
+    assert float(m0["hidden_mse"]) == pytest.approx(mse, rel=1e-4)
+    base = kl if loss == "kd" else 0.7 * ce + 0.3 * kl
+    assert float(m0["loss"]) == pytest.approx(base + 0.7 * mse, rel=1e-4)
+    for _ in range(3):
+        state, m = step(state, batch, teacher)
+    for a, b in zip(jax.tree.leaves(teacher), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    for p, mk in zip(jax.tree.leaves(state.params), jax.tree.leaves(masks, is_leaf=lambda x: x is None)):
+        if mk is not None:
+            assert np.all(np.asarray(p)[~np.asarray(mk)] == 0.0)
+    assert float(m["hidden_mse"]) < float(m0["hidden_mse"])
+    with pytest.raises(ValueError, match="needs a teacher"):
+        make_train_step(model.apply, tx, loss="ce", hidden_layers=(0,), hidden_weight=1.0)
+
+
 def test_student_equal_to_teacher_has_zero_kl(setup):
     model, params, _, phase, batch = setup
     tx = make_optimizer(phase)
@@ -101,21 +156,40 @@ def test_kd_without_a_teacher_is_refused(setup):
 
 
 def test_pipeline_distils_pruned_stages_and_controls(make_config, tmp_path):
-    config = make_config(**{"finetune.loss": "ce+kd", "pruning.rates": (0.5,), "finetune.steps": 4})
+    config = make_config(**{"finetune.loss": "ce+kd", "pruning.rates": (0.5,), "finetune.steps": 4,
+                            "finetune.kd_hidden_layers": (0,)})
     rows = experiment.run(config, tmp_path, progress=False)
     assert [r["stage"] for r in rows] == ["dense", "prune_1", "control_1"]
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     for stage in ("prune_1", "control_1"):
-        ours = [x for x in lines if x.get("phase", x.get("stage")) == stage and "kl" in x]
-        assert ours, f"{stage} logged no KL"
+        ours = [x for x in lines if x.get("phase", x.get("stage")) == stage and "kl" in x and "hidden_mse" in x]
+        assert ours, f"{stage} logged no KL or hidden-state MSE"
     dense = [x for x in lines if x.get("phase", x.get("stage")) == "dense"]
     assert dense and all("kl" not in x for x in dense)  # pretraining is plain cross-entropy
     # the default (ce) config keeps its digest: adding the KD keys did not orphan earlier runs
     assert experiment.config_digest(make_config()) != experiment.config_digest(config)
+    # logit-only KD runs keep theirs too (the hidden-state keys leave the digest when no block is matched)
+    logit_only = make_config(**{"finetune.loss": "kd"})
+    assert experiment.config_digest(logit_only) == experiment.config_digest(
+        make_config(**{"finetune.loss": "kd", "finetune.kd_hidden_weight": 3.0}))
+    assert experiment.config_digest(logit_only) != experiment.config_digest(
+        make_config(**{"finetune.loss": "kd", "finetune.kd_hidden_layers": (0,)}))
 
 
-@pytest.mark.parametrize("loss,chunk", [("ce", 5), ("ce+kd", 4), ("kd", 16)])
-def test_chunked_loss_step_equals_full_logits_step(setup, loss, chunk):
+def test_hidden_layers_are_checked_before_any_compute(make_config, tmp_path):
+    from jaxprune.config import ConfigError, validate
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        validate(make_config(**{"finetune.kd_hidden_layers": (0,)}))
+    with pytest.raises(ConfigError, match="distinct non-negative"):
+        validate(make_config(**{"finetune.loss": "kd", "finetune.kd_hidden_layers": (0, 0)}))
+    with pytest.raises(ConfigError, match=r"kd_hidden_layers \[99\] do not exist"):
+        experiment.run(make_config(**{"finetune.loss": "kd", "finetune.kd_hidden_layers": (0, 99)}), tmp_path / "w",
+                       progress=False)
+    assert not (tmp_path / "w").exists()  # no workdir claimed
+
+
+@pytest.mark.parametrize("loss,chunk,hidden", [("ce", 5, ()), ("ce+kd", 4, ()), ("kd", 16, ()), ("ce+kd", 5, (0,))])
+def test_chunked_loss_step_equals_full_logits_step(setup, loss, chunk, hidden):
     """The chunked LM-head loss (5 does not divide T = 16: padded positions carry no weight) gives the same
     loss, metrics and gradients (one plain SGD step at lr 1) as the step that materialises all (B, T, V) logits."""
     import optax
@@ -130,7 +204,7 @@ def test_chunked_loss_step_equals_full_logits_step(setup, loss, chunk):
     outs = []
     for c in (0, chunk):
         step = jax.jit(make_train_step(model.apply, tx, loss=loss, kd_temperature=2.0, kd_alpha=0.3, head=head,
-                                       loss_chunk=c))
+                                       loss_chunk=c, hidden_layers=hidden))
         state = create_state(jax.tree.map(jnp.array, student), tx, masks, seed=0)
         state, m = step(state, batch, teacher) if loss != "ce" else step(state, batch)
         outs.append((state, m))

@@ -212,6 +212,8 @@ class Transformer(nn.Module):
     select (B, S): logits (B, S, V) of those positions only (the LM head runs there alone).
     hidden: return the final (normalised) hidden states (B, T, E) instead of logits, for losses that
     run the LM head in chunks (`head_logits`).
+    With mutable=["intermediates"], every block's output (B, T, E) is also returned, as
+    intermediates["out_{i}"] == (output,).
     decode: key/value-cache decoding (the "cache" collection must be mutable): tokens sit at
     positions (B, T), consecutive per row; without a cache (one (B, K, L, D) key and value per
     block) the call is a prefill from position 0 that creates it with L = cache_len.
@@ -241,6 +243,7 @@ class Transformer(nn.Module):
         block = nn.remat(Block, static_argnums=(2,)) if cfg.remat and not decode else Block
         for i in range(cfg.n_layer):
             x = block(cfg, i, name=f"h_{i}")(x, deterministic, *(() if positions is None else (positions, cache_len)))
+            self.sow("intermediates", f"out_{i}", x)  # a no-op unless "intermediates" is mutable (hidden-state KD)
         x = _norm(cfg, "ln_f")(x)
         if hidden:  # the final hidden states (B, T, E); `head_logits` maps them to logits
             return x

@@ -53,6 +53,16 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, temper
     return (jnp.exp(log_p) * (log_p - log_q)).sum(-1) * t * t
 
 
+def hidden_state_mse(student: jax.Array, teacher: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Mean squared error between block outputs (B, T, E), each token's vector first scaled to unit RMS (what
+    the next block's RMS/LayerNorm sees, before its gain), float32 scalar. The scaling makes blocks of very
+    different residual norms weigh alike and bounds the loss: 0 for equal directions, 2 for orthogonal ones."""
+    def unit_rms(h):
+        h = h.astype(jnp.float32)
+        return h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + eps)
+    return jnp.mean(jnp.square(unit_rms(student) - unit_rms(teacher)))
+
+
 def chunked_token_losses(head: Callable[[jax.Array], jax.Array], x: jax.Array, targets: jax.Array, chunk: int,
                          teacher_head: Callable[[jax.Array], jax.Array] | None = None,
                          teacher_x: jax.Array | None = None, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
@@ -88,6 +98,7 @@ def chunked_token_losses(head: Callable[[jax.Array], jax.Array], x: jax.Array, t
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformationExtraArgs, grad_accum: int = 1,
                     loss: str = "ce", kd_temperature: float = 2.0, kd_alpha: float = 0.5,
                     head: Callable[[Any, jax.Array], jax.Array] | None = None, loss_chunk: int = 0,
+                    hidden_layers: tuple[int, ...] = (), hidden_weight: float = 1.0,
                     ) -> Callable[..., tuple[TrainState, dict]]:
     """Returns train_step(state, batch[, teacher]) with batch int32 (B, T+1); pure, to be jitted.
 
@@ -96,35 +107,54 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformationExtraArg
     logits are computed in the same step, under stop_gradient, and it is never updated.
     loss_chunk > 0: the losses run through `chunked_token_losses` with `head(params, hidden)` as the LM
     head (apply_fn must accept hidden=True), so the (B, T, V) logits are never all live.
+    hidden_layers (kd and ce+kd only): intermediate-layer distillation, + hidden_weight x the
+    mean over those blocks of `hidden_state_mse` between the student's and the teacher's block outputs.
     """
     if loss not in ("ce", "kd", "ce+kd"):
         raise ValueError(f"loss must be 'ce', 'kd' or 'ce+kd', got {loss!r}")
     if loss_chunk and head is None:
         raise ValueError("loss_chunk needs the model's LM head function")
+    match_hidden = bool(hidden_layers)
+    if match_hidden and loss == "ce":
+        raise ValueError("hidden-state matching needs a teacher: loss 'kd' or 'ce+kd'")
+
+    def forward(params, inputs, **kw):
+        """apply_fn's output and, when matching hidden states, the chosen blocks' outputs (else None)."""
+        if not match_hidden:
+            return apply_fn({"params": params}, inputs, **kw), None
+        out, inter = apply_fn({"params": params}, inputs, mutable=["intermediates"], **kw)
+        return out, [inter["intermediates"][f"out_{i}"][0] for i in hidden_layers]
 
     def token_losses(params, tokens, rng, teacher):
-        """Mean cross-entropy and mean KL to the teacher (None for loss "ce"), chunked or not."""
+        """Mean cross-entropy, mean KL to the teacher (None for loss "ce") and the hidden-state MSE (None
+        unless matching), chunked or not."""
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        train = dict(deterministic=False, rngs={"dropout": rng})
         if loss_chunk:
-            x = apply_fn({"params": params}, inputs, deterministic=False, rngs={"dropout": rng}, hidden=True)
-            t_x = None if loss == "ce" else jax.lax.stop_gradient(apply_fn({"params": teacher}, inputs, hidden=True))
+            x, hs = forward(params, inputs, hidden=True, **train)
+            t_x, t_hs = (None, None) if loss == "ce" else jax.lax.stop_gradient(forward(teacher, inputs, hidden=True))
             ce_sum, kl_sum = chunked_token_losses(lambda h: head(params, h), x, targets, loss_chunk,
                                                   None if loss == "ce" else (lambda h: head(teacher, h)), t_x,
                                                   kd_temperature)
-            return ce_sum / targets.size, None if loss == "ce" else kl_sum / targets.size
-        logits = apply_fn({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
-        ce = cross_entropy(logits, targets).mean()
-        if loss == "ce":
-            return ce, None
-        t_logits = jax.lax.stop_gradient(apply_fn({"params": teacher}, inputs))
-        return ce, distillation_kl(logits, t_logits, kd_temperature).mean()
+            ce, kl = ce_sum / targets.size, None if loss == "ce" else kl_sum / targets.size
+        else:
+            logits, hs = forward(params, inputs, **train)
+            ce = cross_entropy(logits, targets).mean()
+            if loss == "ce":
+                return ce, None, None
+            t_logits, t_hs = jax.lax.stop_gradient(forward(teacher, inputs))
+            kl = distillation_kl(logits, t_logits, kd_temperature).mean()
+        mse = None if hs is None else sum(hidden_state_mse(a, b) for a, b in zip(hs, t_hs)) / len(hs)
+        return ce, kl, mse
 
     def loss_fn(params, tokens, rng, teacher):
-        ce, kl = token_losses(params, tokens, rng, teacher)
+        ce, kl, mse = token_losses(params, tokens, rng, teacher)
         if kl is None:
             return ce, {"ce": ce}
         total = kl if loss == "kd" else (1.0 - kd_alpha) * ce + kd_alpha * kl
-        return total, {"ce": ce, "kl": kl}
+        if mse is None:
+            return total, {"ce": ce, "kl": kl}
+        return total + hidden_weight * mse, {"ce": ce, "kl": kl, "hidden_mse": mse}
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
