@@ -43,7 +43,11 @@ def arm_name(cfg: dict) -> str:
     kind = "sweep, no fine-tune" if pr["schedule"] == "sweep" else ("iterative" if len(pr["rates"]) > 1 else "one-shot")
     loss = ft.get("loss", "ce") if ft["steps"] else "—"
     lr = f"{ft['lr']:.0e}".replace("e-0", "e-")  # 5e-5
-    return f"{pr['method']} {kind}" + (f", {loss}, lr {lr}" if ft["steps"] else "")
+    if ft.get("kd_hidden_layers") and loss != "ce":
+        loss += f" + hidden x{ft['kd_hidden_weight']:g} ({len(ft['kd_hidden_layers'])} blocks)"
+    usual = {"iterative": 8, "one-shot": 40}.get(kind)  # configs/smollm2_lambada.py's CPU arms
+    steps = f", {ft['steps']} steps/stage" if usual and ft["steps"] != usual else ""
+    return f"{pr['method']} {kind}" + (f", {loss}, lr {lr}{steps}" if ft["steps"] else "")
 
 
 def models(run: Path) -> list[dict]:
