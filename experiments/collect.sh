@@ -10,7 +10,7 @@ for run in gpt_lambada ablation_oneshot ablation_no_finetune ablation_sweep_no_f
     smollm2_calibft_magnitude_nm smollm2_calibft_wanda_nm smollm2_calibft_sparsegpt_nm \
     smollm2_iter_sparsegpt_kd smollm2_iter_sparsegpt_ce smollm2_iter_wanda_kd smollm2_iter_wanda_ce \
     smollm2_iter_wanda_ce_lr5e-4 smollm2_iter_magnitude_kd smollm2_iter_magnitude_ce \
-    smollm2_iter_wanda_kd_hidden smollm2_iter_wanda_cekd \
+    smollm2_iter_wanda_kd_hidden smollm2_iter_wanda_ce_24steps \
     smollm2_oneshot_sparsegpt_kd smollm2_oneshot_sparsegpt_ce smollm2_nofinetune_sparsegpt; do
   [ -f "runs/$run/results.jsonl" ] || continue
   mkdir -p "$out/$run"
